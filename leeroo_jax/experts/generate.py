@@ -1,0 +1,82 @@
+"""Greedy generation with a fixed-size KV cache, one compiled program per shape.
+
+The prompt batch is left-padded so every row's next token lands in the same cache slot;
+prefill writes the prompt in one pass, then a `lax.while_loop` appends one token per step
+until every row has produced EOS or `max_new_tokens` is reached.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from leeroo_jax.models.decoder import Decoder, KVCache
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5))
+def _generate(graphdef, state, tokens_bt, mask_bt, max_new_tokens: int, eos_ids: tuple[int, ...]):
+    model: Decoder = nnx.merge(graphdef, state)
+    b, t = tokens_bt.shape
+    cache = KVCache.zeros(model.cfg, b, t + max_new_tokens, model.dtype)
+    positions = jnp.maximum(jnp.cumsum(mask_bt, axis=1) - 1, 0)
+    out = model(tokens_bt, mask_bt, positions, cache)
+    next_tok = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
+    next_pos = positions[:, -1] + 1
+    eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
+
+    def cond(carry):
+        step, _, _, _, done, _ = carry
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+        step, tok, pos, cache, done, generated = carry
+        tok = jnp.where(done, 0, tok)
+        generated = generated.at[:, step].set(jnp.where(done, -1, tok))
+        done = done | jnp.isin(tok, eos)
+        out = model(tok[:, None], jnp.ones((b, 1), bool), pos[:, None], cache)  # finished rows run on, ignored
+        new_tok = jnp.argmax(out.logits[:, -1], axis=-1).astype(jnp.int32)
+        return step + 1, new_tok, pos + 1, out.cache, done, generated
+
+    generated = jnp.full((b, max_new_tokens), -1, jnp.int32)
+    carry = (jnp.int32(0), next_tok, next_pos, out.cache, jnp.zeros((b,), bool), generated)
+    return jax.lax.while_loop(cond, body, carry)[-1]
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0, multiple: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Token lists -> (tokens [B, T], mask [B, T]) left-padded to a multiple of `multiple`."""
+    t = max(len(s) for s in sequences)
+    t = -(-t // multiple) * multiple
+    tokens = np.full((len(sequences), t), pad_id, np.int32)
+    mask = np.zeros((len(sequences), t), np.int32)
+    for i, s in enumerate(sequences):
+        if len(s):
+            tokens[i, t - len(s):] = s
+            mask[i, t - len(s):] = 1
+    return tokens, mask
+
+
+def greedy_generate(
+    model: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int] = ()
+) -> list[list[int]]:
+    """Greedy continuation of each prompt (token ids); stops a row at its first EOS (kept)."""
+    tokens, mask = left_pad(prompts)
+    graphdef, state = nnx.split(model)
+    out = np.asarray(_generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), max_new_tokens, tuple(eos_ids)))
+    return [[int(x) for x in row if x >= 0] for row in out]
+
+
+def chat_generate(model: Decoder, tokenizer, messages: Sequence[str], max_new_tokens: int = 32) -> list[str]:
+    """Greedy replies to single-turn user messages, through the tokenizer's chat template."""
+    prompts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": m}], add_generation_prompt=True, tokenize=True)
+        for m in messages
+    ]
+    prompts = [p["input_ids"] if isinstance(p, dict) or hasattr(p, "keys") else p for p in prompts]
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    outs = greedy_generate(model, prompts, max_new_tokens, eos)
+    return [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]

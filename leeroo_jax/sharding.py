@@ -1,0 +1,188 @@
+"""Device mesh and logical-axis sharding rules.
+
+Parameters and activations name their dimensions with *logical* axes ("embed", "mlp",
+"heads", ...). One table, `LOGICAL_AXIS_RULES`, maps each logical axis to the mesh axes
+("data", "fsdp", "tensor") it is split over. Models never mention mesh axes, so one
+model definition runs unsharded on a laptop, FSDP on a TPU pod, or tensor-parallel on a
+GPU node by changing the mesh config alone (the MaxText recipe).
+
+A logical axis whose mesh axes do not divide the dimension is left unsplit on those axes
+(e.g. SmolLM2's 3 KV heads on a tensor axis of 2): uneven shards would be rejected by jit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from leeroo_jax.errors import ConfigError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axes, tried in order. Parameters: "embed" is FSDP-sharded (weights
+# gathered per layer), "mlp"/"heads"/"vocab" are tensor-parallel (Megatron split).
+# Activations: "batch" spans both data-parallel axes; everything else is replicated.
+LOGICAL_AXIS_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", ("tensor",)),
+    ("embed", ("fsdp",)),
+    ("mlp", ("tensor",)),
+    ("heads", ("tensor",)),
+    ("kv_heads", ("tensor",)),
+    ("head_dim", ()),
+    ("layers", ()),
+    ("norm", ()),
+    ("length", ()),
+    ("act_embed", ()),
+    ("experts", ()),
+)
+_RULES = dict(LOGICAL_AXIS_RULES)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Per-axis sizes; -1 fills the devices left. `dcn_*` multiply across slices (multi-slice TPU)."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    dcn_data: int = 1
+    dcn_fsdp: int = 1
+    dcn_tensor: int = 1
+
+
+def _fill(sizes: Sequence[int], total: int, what: str) -> list[int]:
+    sizes = list(sizes)
+    if sum(s == -1 for s in sizes) > 1:
+        raise ConfigError(f"mesh: at most one {what} axis may be -1, got {sizes}; set the others explicitly")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ConfigError(f"mesh: {what} axis sizes must be positive or -1, got {sizes}")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if total % known:
+            raise ConfigError(f"mesh: {total} {what} devices do not divide by the fixed axes {sizes}; change the mesh sizes")
+        sizes[sizes.index(-1)] = total // known
+    if math.prod(sizes) != total:
+        raise ConfigError(f"mesh: {what} axes {sizes} multiply to {math.prod(sizes)}, not the {total} devices; use -1 to fill")
+    return sizes
+
+
+def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Sequence[Any] | None = None) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh with Auto axis types (rule-driven sharding)."""
+    devices = list(devices if devices is not None else jax.devices())
+    dcn = [cfg.dcn_data, cfg.dcn_fsdp, cfg.dcn_tensor]
+    n_slices = math.prod(dcn)
+    if n_slices == 1:
+        ici = _fill([cfg.data, cfg.fsdp, cfg.tensor], len(devices), "device")
+        return jax.make_mesh(ici, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    if len(devices) % n_slices:
+        raise ConfigError(f"mesh: {len(devices)} devices do not split into {n_slices} slices; check dcn_* sizes")
+    from jax.experimental import mesh_utils  # multi-slice only: needs slice_index on devices
+
+    ici = _fill([cfg.data, cfg.fsdp, cfg.tensor], len(devices) // n_slices, "per-slice device")
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices)
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> P:
+    """PartitionSpec for an array of `shape` whose dims are named `names`.
+
+    Each mesh axis is used at most once, and only where the product of the mesh axes kept
+    for a dimension divides it.
+    """
+    if len(names) != len(shape):
+        raise ValueError(f"logical names {tuple(names)} do not match shape {tuple(shape)}")
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(names, shape):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in _RULES:
+            raise ValueError(f"logical axis {name!r} has no rule in LOGICAL_AXIS_RULES")
+        kept, size = [], 1
+        for axis in _RULES[name]:
+            n = mesh.shape[axis]
+            if axis in used or n == 1 or dim % (size * n):
+                continue
+            kept.append(axis)
+            size *= n
+        used.update(kept)
+        spec.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    while spec and spec[-1] is None:
+        spec.pop()
+    return P(*spec)
+
+
+def named_sharding(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """with_sharding_constraint by logical names under the current mesh; no-op without one."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Shard dim 0 (the batch) over the data axes, replicate the rest."""
+    return NamedSharding(mesh, P(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+    """Place a host pytree of numpy arrays as global arrays split along the batch dim.
+
+    Single-process: a device_put. Multi-process: each host passes its own slice and the
+    global array is assembled without any host holding the whole batch.
+    """
+
+    def put(x):
+        x = np.asarray(x)
+        sharding = batch_sharding(mesh, x.ndim)
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(put, batch)
+
+
+def state_shardings(state: Any, mesh: Mesh) -> Any:
+    """NamedShardings for an nnx State, from each Variable's `logical_axes` metadata.
+
+    Variables without logical axes (RNG counters, scalars) are replicated.
+    """
+    from flax import nnx
+
+    def one(v):
+        axes = v.get_metadata().get("logical_axes") if isinstance(v, nnx.Variable) else None
+        shape = v.shape if hasattr(v, "shape") else ()
+        return NamedSharding(mesh, logical_to_spec(axes, shape, mesh) if axes else P())
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def init_sharded(ctor: Any, mesh: Mesh) -> Any:
+    """Build an nnx module with every parameter created directly on its sharding.
+
+    `ctor()` builds the module; it is traced once abstractly to read the logical axes,
+    then jitted with out_shardings so no full replica is ever materialised on one device.
+    """
+    from flax import nnx
+
+    abstract = nnx.eval_shape(ctor)
+    graphdef, abs_state = nnx.split(abstract)
+    shardings = state_shardings(abs_state, mesh)
+
+    def init():
+        return nnx.split(ctor())[1]
+
+    with jax.set_mesh(mesh):
+        state = jax.jit(init, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
