@@ -194,3 +194,22 @@ def load_tokenizer(directory: pathlib.Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+
+
+def main() -> int:
+    """`python -m leeroo_jax.weights.loader DIR_OR_HUB_ID`: load and summarise a checkpoint."""
+    import sys
+
+    if len(sys.argv) != 2:
+        print("usage: python -m leeroo_jax.weights.loader DIR_OR_HUB_ID", file=sys.stderr)
+        return 2
+    loaded = load(sys.argv[1])
+    n = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(loaded.model, nnx.Param)))
+    print(f"{loaded.config.model_type}: {n / 1e6:.1f}M parameters from {loaded.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    from leeroo_jax.errors import run_main
+
+    run_main(main)
