@@ -1,0 +1,16 @@
+"""Expert pools, declared as data. Prices: public 2024 list prices, USD per 1M tokens
+(OpenAI for GPT-4; a typical 2024 open-model host for the rest), from the data README."""
+
+_OPEN_7B = 0.20
+
+MMLU_9 = (
+    dict(name="gpt-4-1106-preview", input_price=10.00, output_price=30.00),
+    dict(name="mistralai/Mixtral-8x7B-Instruct-v0.1", input_price=0.60, output_price=0.60),
+    dict(name="meta-llama/Meta-Llama-3-8B", input_price=_OPEN_7B, output_price=_OPEN_7B),
+    dict(name="mistralai/Mistral-7B-v0.1", input_price=_OPEN_7B, output_price=_OPEN_7B),
+    dict(name="cognitivecomputations/dolphin-2.6-mistral-7b", input_price=_OPEN_7B, output_price=_OPEN_7B),
+    dict(name="meta-math/MetaMath-Mistral-7B", input_price=_OPEN_7B, output_price=_OPEN_7B),
+    dict(name="HuggingFaceH4/zephyr-7b-beta", input_price=_OPEN_7B, output_price=_OPEN_7B),
+    dict(name="cognitivecomputations/dolphin-2.9-llama3-8b", input_price=_OPEN_7B, output_price=_OPEN_7B),
+    dict(name="itpossible/Chinese-Mistral-7B-v0.1", input_price=_OPEN_7B, output_price=_OPEN_7B),
+)

@@ -1,0 +1,107 @@
+"""The expert pool: names, list prices, backends, and the per-query cost matrix.
+
+The pool is declared in the config (configs/base.py), not here. An expert's cost for a
+query is its price times the query's tokens:
+
+    cost[q, e] = (in_tokens(q) * in_price[e] + out_tokens[e] * out_price[e]) / 1e6   (USD)
+
+with in_tokens = ceil(len(text) / 4) by default, text = the question followed by its options
+as "\\nA. " + choice0 + "\\nB. " + ..., and 1 output token for a multiple-choice answer. A
+real tokenizer can replace the 4-characters rule per expert (`tokenizer=<HF dir>`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from leeroo_jax.data.mmlu import LETTERS, Question
+from leeroo_jax.errors import ConfigError
+
+BACKENDS = ("recorded", "flax")
+
+
+@dataclasses.dataclass(frozen=True)
+class Expert:
+    name: str
+    input_price: float  # USD per 1M input tokens
+    output_price: float  # USD per 1M output tokens
+    backend: str = "recorded"  # "recorded" (graded-outcome table) or "flax" (a live model)
+    checkpoint: str = ""  # HF dir or hub id, for backend "flax"
+    tokenizer: str = ""  # HF dir whose tokenizer counts input tokens; "" = ceil(chars / 4)
+    output_tokens: int = 1  # a multiple-choice answer is one letter
+
+    def __post_init__(self):
+        if not self.name:
+            raise ConfigError("pool: an expert has no name; give every expert a unique name")
+        if not (self.input_price >= 0 and self.output_price >= 0):
+            raise ConfigError(f"pool: expert {self.name} has a negative or NaN price; prices are USD per 1M tokens")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"pool: expert {self.name} has backend {self.backend!r}; use one of {BACKENDS}")
+        if self.backend == "flax" and not self.checkpoint:
+            raise ConfigError(f"pool: expert {self.name} uses the flax backend but names no checkpoint")
+
+
+def query_text(q: Question) -> str:
+    return q.question + "".join(f"\n{letter}. {c}" for letter, c in zip(LETTERS, q.choices))
+
+
+class Pool:
+    """An ordered list of experts; index e in every [.., E] array is `pool.experts[e]`."""
+
+    def __init__(self, experts: Sequence[Expert]):
+        names = [e.name for e in experts]
+        if not experts:
+            raise ConfigError("pool: no experts configured; list at least one under config.pool")
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"pool: expert names repeat ({', '.join(dupes)}); names must be unique")
+        self.experts = tuple(experts)
+        self.names = tuple(names)
+        self._index = {n: i for i, n in enumerate(names)}
+        self._tokenizers: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    def index(self, name: str) -> int:
+        if name not in self._index:
+            raise ConfigError(f"unknown expert {name!r}; the pool has {', '.join(self.names)}")
+        return self._index[name]
+
+    @classmethod
+    def from_config(cls, entries: Sequence[Mapping[str, Any]]) -> "Pool":
+        experts = []
+        fields = {f.name for f in dataclasses.fields(Expert)}
+        for i, entry in enumerate(entries):
+            entry = dict(entry)
+            unknown = sorted(set(entry) - fields)
+            if unknown:
+                raise ConfigError(f"pool[{i}]: unknown keys {unknown}; allowed: {sorted(fields)}")
+            try:
+                experts.append(Expert(**entry))
+            except TypeError as e:
+                raise ConfigError(f"pool[{i}]: {e}; each expert needs name, input_price, output_price") from None
+        return cls(experts)
+
+    def _input_tokens(self, expert: Expert, texts: Sequence[str]) -> np.ndarray:
+        if not expert.tokenizer:
+            return np.array([math.ceil(len(t) / 4) for t in texts], np.float64)
+        if expert.tokenizer not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            self._tokenizers[expert.tokenizer] = AutoTokenizer.from_pretrained(expert.tokenizer)
+        tok = self._tokenizers[expert.tokenizer]
+        return np.array([len(ids) for ids in tok(list(texts), add_special_tokens=False)["input_ids"]], np.float64)
+
+    def costs(self, questions: Sequence[Question]) -> np.ndarray:
+        """cost[Q, E] in USD per query."""
+        texts = [query_text(q) for q in questions]
+        out = np.empty((len(questions), len(self)), np.float64)
+        for e, expert in enumerate(self.experts):
+            tokens = self._input_tokens(expert, texts)
+            out[:, e] = (tokens * expert.input_price + expert.output_tokens * expert.output_price) / 1e6
+        return out

@@ -1,0 +1,46 @@
+"""Expert pool: config validation and the per-query cost matrix."""
+
+import math
+
+import numpy as np
+import pytest
+
+from leeroo_jax.data.mmlu import make_question
+from leeroo_jax.errors import ConfigError
+from leeroo_jax.experts.pool import Pool
+from configs.pools import MMLU_9
+
+
+def test_default_pool_has_the_nine_priced_models():
+    pool = Pool.from_config(MMLU_9)
+    assert len(pool) == 9 and pool.index("gpt-4-1106-preview") == 0
+
+
+def test_cost_is_price_times_tokens():
+    q = make_question("anatomy", "x" * 10, ["a", "bb", "c", "d"], 0, "t")
+    pool = Pool.from_config(MMLU_9)
+    cost = pool.costs([q])
+    chars = len("x" * 10 + "\nA. a\nB. bb\nC. c\nD. d")  # 30 characters -> 8 tokens
+    tokens = math.ceil(chars / 4)
+    assert cost.shape == (1, 9)
+    assert cost[0, 0] == pytest.approx((tokens * 10.0 + 30.0) / 1e6)
+    assert cost[0, 1] == pytest.approx((tokens + 1) * 0.6 / 1e6)
+    assert np.all(cost[0, 2:] == cost[0, 2])
+
+
+@pytest.mark.parametrize("entries, msg", [
+    ([], "no experts"),
+    ([dict(name="a", input_price=1, output_price=1), dict(name="a", input_price=1, output_price=1)], "repeat"),
+    ([dict(name="a", input_price=-1, output_price=1)], "negative"),
+    ([dict(name="a", input_price=1, output_price=1, colour="red")], "unknown keys"),
+    ([dict(name="a", input_price=1)], "needs name"),
+    ([dict(name="a", input_price=1, output_price=1, backend="http")], "backend"),
+])
+def test_bad_pool_configs(entries, msg):
+    with pytest.raises(ConfigError, match=msg):
+        Pool.from_config(entries)
+
+
+def test_unknown_expert_name():
+    with pytest.raises(ConfigError, match="unknown expert 'gpt-5'"):
+        Pool.from_config(MMLU_9).index("gpt-5")
