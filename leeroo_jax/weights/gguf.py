@@ -83,10 +83,10 @@ def _hf_name(gguf_name: str) -> str:
 def _unpermute_rows(w: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's `permute(w, n_head)` on q_proj/k_proj rows.
 
-    HF rotates the two halves of each head (rotate_half); llama.cpp rotates interleaved pairs,
-    so its converter reorders each head's rows from [half0 | half1] to [h0[0], h1[0], h0[1], ...].
-    Rows are viewed as [n_head, head_dim/2, 2] and the last two axes swapped back; this is
-    transformers' `_reverse_permute_weights`, shape [out, in] -> [out, in].
+    HF rotates the two halves of each head (rotate_half); llama.cpp rotates adjacent pairs, so
+    its converter reorders each head's rows from [h0 | h1] to [h0[0], h1[0], h0[1], h1[1], ...].
+    Here rows are viewed as [n_head, head_dim/2, 2] and those two inner axes swapped back: the
+    inverse, identical to transformers' `_reverse_permute_weights`. w: [n_head*head_dim, in].
     """
     half = w.shape[0] // n_head // 2
     return w.reshape(n_head, half, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -99,16 +99,18 @@ def _f32_value(x: float) -> float:
 
 
 def _open(path: pathlib.Path) -> gguf.GGUFReader:
+    fix = "re-download or re-export it (the cached SmolLM2 file: delete it and rerun `make setup`)"
     if not path.is_file():
-        raise WeightsError(f"GGUF file {path} does not exist; run `make setup` or pass the right path")
+        raise WeightsError(f"GGUF file {path} does not exist; pass the right path or run `make setup`")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":  # gguf's own reader fails on this with an unrelated numpy message
+        raise WeightsError(f"{path} is not a GGUF file (starts with {magic!r}, not b'GGUF'); {fix}")
     try:
-        reader = gguf.GGUFReader(path)  # parses header, metadata and tensor table eagerly
-    except Exception as e:  # gguf raises ValueError, struct/index errors, ... on a bad file
-        detail = " ".join(str(e).split())[:200]
-        raise WeightsError(
-            f"{path} is not a readable GGUF file ({type(e).__name__}: {detail}); re-download it (delete it and rerun `make setup`)"
-        ) from None
-    return reader
+        return gguf.GGUFReader(path)  # parses header, metadata and tensor table eagerly
+    except Exception as e:  # a truncated/corrupt file surfaces as ValueError, IndexError, ...
+        detail = " ".join(str(e).split())[:160]
+        raise WeightsError(f"{path} is a truncated or corrupt GGUF ({type(e).__name__}: {detail}); {fix}") from None
 
 
 def _metadata(reader: gguf.GGUFReader) -> dict:
@@ -227,7 +229,11 @@ def convert(gguf_path: str | os.PathLike, out_dir: str | os.PathLike) -> pathlib
         del tensors
         _write_config(cfg, tmp)
         _write_tokenizer(meta, arch, tmp, cfg.get("max_position_embeddings"))
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        # mkdtemp makes the dir 0700 and safetensors the file 0600: make them readable like
+        # any other checkpoint (other users, containers mounting the cache).
+        os.chmod(tmp, 0o755)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         if out.exists():
             out.rmdir()  # empty (checked above); os.replace cannot replace a directory
         os.replace(tmp, out)
