@@ -1,0 +1,61 @@
+"""Frontier metrics against small cases computed by hand."""
+
+import numpy as np
+import pytest
+
+from leeroo_jax.eval import frontier as fr
+
+POINTS = np.array([(1, 0.5), (2, 0.6), (3, 0.9), (4, 0.8), (2, 0.4)])
+
+
+def test_upper_hull_is_convex_and_non_decreasing():
+    # (4, .8) is dominated by (3, .9); (2, .6) lies under the chord (1, .5)-(3, .9) (0.7 there).
+    np.testing.assert_allclose(fr.upper_hull(POINTS), [(1, 0.5), (3, 0.9)])
+
+
+def test_reading_the_hull():
+    f = fr.Frontier(POINTS, fr.upper_hull(POINTS))
+    assert f.acc_at(2) == pytest.approx(0.7)
+    assert f.acc_at(10) == pytest.approx(0.9)  # flat past the last point
+    assert f.cost_to_reach(0.8) == pytest.approx(2.5)
+    assert f.cost_to_reach(0.3) == pytest.approx(1.0)
+    assert f.cost_to_reach(0.95) is None
+    assert f.max_acc == pytest.approx(0.9)
+    assert f.area(1, 3) == pytest.approx(0.7)
+    assert f.area(1, 4) == pytest.approx((0.7 * 2 + 0.9) / 3)
+
+
+def test_apgr_and_cpt():
+    f = fr.Frontier(POINTS, fr.upper_hull(POINTS))
+    weak, strong = (1, 0.5), (3, 0.9)
+    assert fr.apgr(f, weak, strong) == pytest.approx(0.5)  # linear hull recovers half on average
+    assert fr.cpt(f, weak, strong, 0.5) == pytest.approx(0.5)
+    assert fr.cpt(f, weak, strong, 0.8) == pytest.approx(0.8)
+
+
+def test_sweep_on_a_two_query_case():
+    cost = np.array([[1.0, 3.0], [1.0, 3.0]])
+    p = np.array([[0.9, 0.95], [0.2, 0.9]])  # query 0: cheap is fine; query 1 needs the dear one
+    outcome = np.array([[1, 1], [0, 1]])
+    f = fr.sweep(p, cost, outcome)
+    # λ=0: both dear (3, 1.0); mid λ: q0 cheap, q1 dear (2, 1.0); large λ: both cheap (1, 0.5).
+    assert {tuple(x) for x in np.round(f.points, 9)} == {(3.0, 1.0), (2.0, 1.0), (1.0, 0.5)}
+    np.testing.assert_allclose(f.hull, [(1, 0.5), (2, 1.0)])
+    s = fr.summarize(f, ["cheap", "dear"], cost, outcome)
+    assert s.acc_at_cost_of == pytest.approx({"cheap": 0.5, "dear": 1.0})
+    assert s.cost_ratio_to_acc_of["dear"] == pytest.approx(2 / 3)  # reaches 1.0 at cost 2 of 3
+    assert s.aiq == pytest.approx((0.75 * 1 + 1.0 * 1) / 2)
+
+
+def test_experts_frontier_and_oracle():
+    cost = np.array([[1.0, 2.0], [1.0, 2.0]])
+    outcome = np.array([[0, 1], [1, 1]])
+    z = fr.experts_frontier(cost, outcome)
+    np.testing.assert_allclose(z.points, [(1, 0.5), (2, 1.0)])
+    np.testing.assert_array_equal(fr.oracle_choices(cost, outcome), [1, 0])
+
+
+def test_ties_go_to_the_cheaper_expert():
+    p = np.array([[0.5, 0.5, 0.5]])
+    cost = np.array([[3.0, 1.0, 2.0]])
+    assert fr.tradeoff_choices(p, cost, 0.0)[0] == 1
