@@ -1,0 +1,123 @@
+"""Evaluation reports: report.json, report.md (a table) and frontier.png.
+
+Costs are reported in USD per 1,000 queries. Every file is written to a temp name and
+renamed, so an interrupted job never leaves a half-written report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Mapping
+
+import numpy as np
+
+from leeroo_jax.eval import frontier as fr
+
+PER_1K = 1000.0
+
+
+def _short(name: str) -> str:
+    return name.split("/")[-1]
+
+
+def build(split: str, names: list[str], cost: np.ndarray, outcome: np.ndarray,
+          fronts: Mapping[str, fr.Frontier], weak: str, strong: str) -> dict:
+    """The report dict; `fronts` maps router name -> its frontier on this split."""
+    c, a = cost.mean(0), outcome.mean(0)
+    w, s = names.index(weak), names.index(strong)
+    pair = ((c[w], a[w]), (c[s], a[s]))
+    routers = {}
+    for rname, f in fronts.items():
+        summ = fr.summarize(f, names, cost, outcome)
+        cpt50, cpt80 = fr.cpt(f, *pair, 0.5), fr.cpt(f, *pair, 0.8)
+        routers[rname] = {
+            "aiq": summ.aiq,
+            "max_acc": summ.max_acc,
+            "acc_at_cost_of": summ.acc_at_cost_of,
+            "cost_ratio_to_acc_of": summ.cost_ratio_to_acc_of,
+            "apgr": fr.apgr(f, *pair),
+            "cpt50": cpt50,
+            "cpt80": cpt80,
+            "hull": [[float(x) * PER_1K, float(y)] for x, y in f.hull],
+        }
+    return {
+        "split": split,
+        "n_questions": int(cost.shape[0]),
+        "weak_strong": [weak, strong],
+        "experts": {n: {"cost_per_1k": float(c[i] * PER_1K), "acc": float(a[i])} for i, n in enumerate(names)},
+        "routers": routers,
+    }
+
+
+def _atomic_write(path: pathlib.Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def markdown(report: dict, at: str, reach: str) -> str:
+    """A table: one row per router, AIQ, max accuracy, accuracy at `at`'s cost, cost ratio to `reach`."""
+    e = report["experts"]
+    lines = [
+        f"# {report['split'].upper()}: {report['n_questions']} questions, {len(e)} experts",
+        "",
+        "| expert | USD / 1k queries | accuracy |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {n} | {v['cost_per_1k']:.4f} | {v['acc']:.4f} |" for n, v in sorted(e.items(), key=lambda kv: kv[1]["cost_per_1k"])]
+    weak, strong = report["weak_strong"]
+    lines += [
+        "",
+        f"| router | AIQ | max acc | acc at {_short(at)} cost | cost / {_short(reach)} cost to match it "
+        f"| APGR ({_short(weak)}→{_short(strong)}) | CPT(50%) | CPT(80%) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def f(x, fmt="{:.4f}"):
+        return "—" if x is None else fmt.format(x)
+
+    for name, r in report["routers"].items():
+        lines.append(
+            f"| {name} | {r['aiq']:.4f} | {r['max_acc']:.4f} | {r['acc_at_cost_of'][at]:.4f} | "
+            f"{f(r['cost_ratio_to_acc_of'][reach], '{:.3f}×')} | {r['apgr']:.3f} | {f(r['cpt50'], '{:.1%}')} | {f(r['cpt80'], '{:.1%}')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    for name, r in report["routers"].items():
+        h = np.asarray(r["hull"])
+        style = dict(linestyle="--", color="black") if name == "oracle" else {}
+        ax.plot(h[:, 0], h[:, 1], label=f"{name} (AIQ {r['aiq']:.3f})", lw=1.6, **style)
+    for n, v in report["experts"].items():
+        ax.scatter(v["cost_per_1k"], v["acc"], s=18, color="gray", zorder=3)
+        ax.annotate(_short(n), (v["cost_per_1k"], v["acc"]), fontsize=6, xytext=(3, -3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("cost, USD per 1,000 queries (log)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"MMLU {report['split']} ({report['n_questions']} questions): accuracy vs cost")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write(report: dict, out_dir: pathlib.Path, at: str, reach: str) -> str:
+    """Write report.json, report.md and frontier.png; returns the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = markdown(report, at, reach)
+    plot(report, out_dir / "frontier.png")
+    _atomic_write(out_dir / "report.md", md.encode())
+    _atomic_write(out_dir / "report.json", json.dumps(report, indent=1).encode())
+    return md
