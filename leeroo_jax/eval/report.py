@@ -115,9 +115,10 @@ def plot(report: dict, path: pathlib.Path) -> None:
 
 def write(report: dict, out_dir: pathlib.Path, at: str, reach: str) -> str:
     """Write report.json, report.md and frontier.png; returns the markdown."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     md = markdown(report, at, reach)
+    js = json.dumps(report, indent=1, default=float)  # numpy scalars -> float; fails before any write
+    out_dir.mkdir(parents=True, exist_ok=True)
     plot(report, out_dir / "frontier.png")
     _atomic_write(out_dir / "report.md", md.encode())
-    _atomic_write(out_dir / "report.json", json.dumps(report, indent=1).encode())
+    _atomic_write(out_dir / "report.json", js.encode())
     return md

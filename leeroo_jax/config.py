@@ -1,0 +1,38 @@
+"""Config checks at the entry point: one-line errors for bad values, before any work starts."""
+
+from __future__ import annotations
+
+import pathlib
+
+from leeroo_jax.errors import ConfigError
+from leeroo_jax.weights import assets
+
+JOBS = ("baselines",)
+SPLITS = ("test", "val")
+POOLINGS = ("mean", "cls", "last")
+
+
+def check(cfg) -> None:
+    if cfg.job not in JOBS:
+        raise ConfigError(f"config.job={cfg.job!r} is not a job; choose one of {', '.join(JOBS)}")
+    if cfg.eval.split not in SPLITS:
+        raise ConfigError(f"config.eval.split={cfg.eval.split!r}; choose one of {', '.join(SPLITS)}")
+    if cfg.backbone.pooling not in POOLINGS:
+        raise ConfigError(f"config.backbone.pooling={cfg.backbone.pooling!r}; choose one of {', '.join(POOLINGS)}")
+    names = [e["name"] for e in cfg.pool]
+    for field in ("weak", "strong"):
+        if cfg.eval[field] not in names:
+            raise ConfigError(f"config.eval.{field}={cfg.eval[field]!r} is not in config.pool; name a pool expert")
+    if not all(isinstance(k, int) and k > 0 for k in cfg.eval.knn_ks):
+        raise ConfigError(f"config.eval.knn_ks={tuple(cfg.eval.knn_ks)} must be positive integers")
+    if cfg.backbone.batch_size <= 0 or cfg.backbone.max_length <= 0:
+        raise ConfigError("config.backbone.batch_size and max_length must be positive")
+
+
+def backbone_path(name: str) -> str:
+    """Aliases for the fetched real weights; anything else is an HF dir or hub id."""
+    return {"minilm": str(assets.minilm_dir()), "smollm2": str(assets.smollm2_dir())}.get(name, name)
+
+
+def run_dir(cfg) -> pathlib.Path:
+    return pathlib.Path(cfg.output_root) / cfg.run_name
