@@ -19,7 +19,15 @@ def _multi_host_env() -> bool:
 
 def initialize() -> None:
     """jax.distributed.initialize() when launched on several hosts; nothing otherwise."""
-    if _multi_host_env() and not jax.distributed.is_initialized():
+    if not _multi_host_env() or jax.distributed.is_initialized():
+        return
+    if os.environ.get("JAX_NUM_PROCESSES"):  # explicit (launch/local_multiprocess.sh, bare clusters)
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    else:  # TPU pods, Slurm, Open MPI: jax detects the cluster itself
         jax.distributed.initialize()
 
 
