@@ -1,0 +1,48 @@
+"""The jitted train and eval steps (pure functions over split nnx state, state donated).
+
+Batch (frozen-backbone mode): q [B, D] pooled embeddings, side [B, E, P] side features,
+target [B, E] labels in [0, 1], mask [B, E] 1 where the (query, expert) pair was observed.
+The loss is binary cross-entropy on observed pairs only: an expert never called on a query
+says nothing about it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+def masked_bce(logits_be: jax.Array, target_be: jax.Array, mask_be: jax.Array) -> jax.Array:
+    per = optax.sigmoid_binary_cross_entropy(logits_be, target_be)
+    return jnp.sum(per * mask_be) / jnp.maximum(jnp.sum(mask_be), 1.0)
+
+
+def _logits(model, batch):
+    return model.head(batch["q"], batch.get("side"))
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def train_step(graphdef, state, batch):
+    """One optimizer update. state = nnx.split((model, optimizer))[1]; returns (state, metrics)."""
+    model, optimizer = nnx.merge(graphdef, state)
+    model.train()
+
+    def loss_fn(model):
+        return masked_bce(_logits(model, batch), batch["target"], batch["mask"])
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    return nnx.split((model, optimizer))[1], metrics
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def predict(graphdef, state, batch):
+    """p [B, E] = sigmoid(logits), dropout off."""
+    model, _ = nnx.merge(graphdef, state)
+    model.eval()
+    return jax.nn.sigmoid(_logits(model, batch))
