@@ -22,6 +22,7 @@ test: setup
 	$(PY) -m pytest tests
 
 run: setup
+	$(PY) -m leeroo_jax.score --config=configs/mmlu.py --config.job=baselines
 	$(PY) -m leeroo_jax.demo
 
 bench: setup
