@@ -31,4 +31,24 @@ def get_config():
     c.eval.strong = "gpt-4-1106-preview"  # and the "cost to reach the accuracy of" expert
     c.eval.knn_ks = (20, 100)
     c.eval.subject_strength = 20.0
+
+    # The orchestrator head on frozen backbone embeddings (train.py). Chosen on VAL; see README.
+    c.train = ml_collections.ConfigDict()
+    c.train.mode = "frozen"  # frozen: cached backbone embeddings, head only
+    c.train.seed = 0
+    c.train.steps = 300
+    c.train.batch_size = 256
+    c.train.lr = 1e-3
+    c.train.warmup_steps = 20
+    c.train.weight_decay = 0.1
+    c.train.clip_norm = 1.0
+    c.train.hidden = 64
+    c.train.dropout = 0.3
+    c.train.soft_weight = 0.0  # blend of the soft label (gold-letter probability) into the target
+    c.train.side_knn = (20, 100)  # retrieval side features: neighbours' outcomes at these k
+    c.train.side_prior = True  # the subject prior as a side feature
+    c.train.log_every = 25
+    c.train.eval_every = 50
+    c.train.keep = 2  # checkpoints kept besides the best by VAL AIQ
+    c.train.fault_at_step = 0  # tests only: SIGKILL the process right after this step (0 = never)
     return c

@@ -29,6 +29,18 @@ def check(cfg) -> None:
         raise ConfigError("config.backbone.batch_size and max_length must be positive")
 
 
+def check_train(cfg) -> None:
+    check(cfg)
+    t = cfg.train
+    if t.mode != "frozen":
+        raise ConfigError(f"config.train.mode={t.mode!r}: only 'frozen' is implemented so far")
+    for name in ("steps", "batch_size", "hidden", "log_every", "eval_every", "keep"):
+        if not (isinstance(t[name], int) and t[name] > 0):
+            raise ConfigError(f"config.train.{name}={t[name]!r} must be a positive integer")
+    if not t.lr > 0 or not 0 <= t.dropout < 1 or not 0 <= t.soft_weight <= 1:
+        raise ConfigError("config.train: lr must be > 0, dropout in [0, 1), soft_weight in [0, 1]")
+
+
 def backbone_path(name: str) -> str:
     """Aliases for the fetched real weights; anything else is an HF dir or hub id."""
     return {"minilm": str(assets.minilm_dir()), "smollm2": str(assets.smollm2_dir())}.get(name, name)

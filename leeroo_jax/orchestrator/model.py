@@ -56,17 +56,22 @@ class Head(nnx.Module):
         self.experts = p(nnx.initializers.normal(0.05), (cfg.num_experts, cfg.hidden), ("experts", None))
         self.bias = p(layers.zeros_init, (cfg.num_experts,), ("experts",))
         self.side_w = p(layers.zeros_init, (max(cfg.num_side, 1),), (None,))
-        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-    def __call__(self, q_bd: jax.Array, side_bep: jax.Array | None = None) -> jax.Array:
-        """q [B, D], side [B, E, P] in [0, 1] (or None when num_side == 0) -> logits [B, E] f32."""
+    def __call__(self, q_bd: jax.Array, side_bep: jax.Array | None = None, dropout_key: jax.Array | None = None) -> jax.Array:
+        """q [B, D], side [B, E, P] in [0, 1] (or None when num_side == 0) -> logits [B, E] f32.
+
+        dropout_key: dropout is applied only when a key is given (training); the caller derives
+        it as fold_in(seed_key, step), so a resumed run draws the same masks.
+        """
         b = q_bd.shape[0]
         x = q_bd.astype(jnp.float32)
         if self.cfg.num_side:
             side_logit = _logit(side_bep.astype(jnp.float32))
             x = jnp.concatenate([x, side_logit.reshape(b, -1)], axis=-1)
         h = jax.nn.gelu(x @ self.w1[...] + self.b1[...])
-        h = self.dropout(h)
+        if dropout_key is not None and self.cfg.dropout > 0:
+            keep = jax.random.bernoulli(dropout_key, 1.0 - self.cfg.dropout, h.shape)
+            h = jnp.where(keep, h / (1.0 - self.cfg.dropout), 0.0)
         h = jax.nn.gelu(h @ self.w2[...] + self.b2[...])
         logits = h @ self.experts[...].T + self.bias[...]
         if self.cfg.num_side:
@@ -87,5 +92,6 @@ class Orchestrator(nnx.Module):
             hidden = self.backbone(tokens_bt, mask_bt).hidden
         return layers.POOLERS[self.pooling](hidden, mask_bt)
 
-    def __call__(self, tokens_bt: jax.Array, mask_bt: jax.Array, side_bep: jax.Array | None = None) -> jax.Array:
-        return self.head(self.embed(tokens_bt, mask_bt), side_bep)
+    def __call__(self, tokens_bt: jax.Array, mask_bt: jax.Array, side_bep: jax.Array | None = None,
+                 dropout_key: jax.Array | None = None) -> jax.Array:
+        return self.head(self.embed(tokens_bt, mask_bt), side_bep, dropout_key)

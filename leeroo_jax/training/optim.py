@@ -25,7 +25,8 @@ class OptimConfig:
 
 
 def schedule(cfg: OptimConfig) -> optax.Schedule:
-    return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1), max(cfg.total_steps, 2), cfg.lr * 0.01)
+    warmup = max(cfg.warmup_steps, 1)
+    return optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(cfg.total_steps, warmup + 1), cfg.lr * 0.01)
 
 
 def make(cfg: OptimConfig) -> optax.GradientTransformation:

@@ -21,18 +21,20 @@ def masked_bce(logits_be: jax.Array, target_be: jax.Array, mask_be: jax.Array) -
     return jnp.sum(per * mask_be) / jnp.maximum(jnp.sum(mask_be), 1.0)
 
 
-def _logits(model, batch):
-    return model.head(batch["q"], batch.get("side"))
+def _logits(model, batch, dropout_key=None):
+    return model.head(batch["q"], batch.get("side"), dropout_key)
 
 
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
-def train_step(graphdef, state, batch):
-    """One optimizer update. state = nnx.split((model, optimizer))[1]; returns (state, metrics)."""
+def train_step(graphdef, state, batch, dropout_key):
+    """One optimizer update. state = nnx.split((model, optimizer))[1]; returns (state, metrics).
+
+    dropout_key = fold_in(seed_key, step): the step alone fixes the randomness.
+    """
     model, optimizer = nnx.merge(graphdef, state)
-    model.train()
 
     def loss_fn(model):
-        return masked_bce(_logits(model, batch), batch["target"], batch["mask"])
+        return masked_bce(_logits(model, batch, dropout_key), batch["target"], batch["mask"])
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)
@@ -44,5 +46,4 @@ def train_step(graphdef, state, batch):
 def predict(graphdef, state, batch):
     """p [B, E] = sigmoid(logits), dropout off."""
     model, _ = nnx.merge(graphdef, state)
-    model.eval()
     return jax.nn.sigmoid(_logits(model, batch))

@@ -50,7 +50,7 @@ def test_train_step_learns_a_separable_problem():
         q = rng.normal(size=(64, D)).astype(np.float32)
         batch = {"q": q, "side": np.full((64, E, P), 0.5, np.float32),
                  "target": (q[:, :E] > 0).astype(np.float32), "mask": np.ones((64, E), np.float32)}
-        state, metrics = step.train_step(graphdef, state, batch)
+        state, metrics = step.train_step(graphdef, state, batch, jax.random.key(len(losses)))
         losses.append(float(metrics["loss"]))
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:20])
     q = rng.normal(size=(256, D)).astype(np.float32)

@@ -1,0 +1,58 @@
+"""Orbax checkpoints of the training state (the only module that imports orbax).
+
+A checkpoint is a Composite of the nnx state of (model, optimizer) and a small JSON of loop
+metadata (step, seeds, config digest). Saves are asynchronous; the manager keeps the last
+`keep` checkpoints plus the best one by the VAL metric. Restoring goes into the abstract,
+sharded state, so every array comes back on the sharding the live state would have.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+BEST_METRIC = "val_aiq"
+
+
+class Checkpointer:
+    def __init__(self, directory: str | pathlib.Path, keep: int = 2, async_save: bool = True):
+        policy = policies.AnyPreservationPolicy(policies=[
+            policies.LatestN(n=keep),
+            policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=1),
+        ])
+        self.mgr = ocp.CheckpointManager(
+            pathlib.Path(directory).resolve(),
+            options=ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=async_save),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.mgr.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.mgr.best_step()
+
+    def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None) -> None:
+        self.mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                      metrics=metrics)
+
+    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """(state, meta); abstract_state: jax.ShapeDtypeStruct leaves carrying their shardings."""
+        out = self.mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                              meta=ocp.args.JsonRestore()))
+        return out.state, out.meta
+
+    def wait(self) -> None:
+        self.mgr.wait_until_finished()
+
+    def close(self) -> None:
+        self.mgr.wait_until_finished()
+        self.mgr.close()
+
+
+def abstract_like(state: Any) -> Any:
+    """ShapeDtypeStructs with the live arrays' shardings: the target of a restore."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)

@@ -1,0 +1,73 @@
+"""The main job on the tiny config: outputs, and exact resume after SIGKILL."""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from leeroo_jax.training.checkpoint import Checkpointer
+
+
+def _train(out, *overrides):
+    cmd = [sys.executable, "-m", "leeroo_jax.train", "--config=configs/tiny.py", f"--config.output_root={out}",
+           "--config.train.steps=40", *overrides]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def _final_params(run_dir):
+    ckpt = Checkpointer(run_dir / "ckpt")
+    step = ckpt.latest_step()
+    meta_state = ckpt.mgr.restore(step)  # no abstract target: plain numpy, enough to compare bits
+    ckpt.close()
+    return step, meta_state
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("a")
+    proc = _train(out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "tiny"
+
+
+def test_outputs(uninterrupted):
+    rep = json.loads((uninterrupted / "report.json").read_text())
+    assert {"orchestrator", "zero", "subject_prior", "oracle"} <= set(rep["routers"])
+    routes = [json.loads(line) for line in (uninterrupted / "routes.jsonl").read_text().splitlines()]
+    assert len(routes) == rep["n_questions"]
+    # batch budgets are met on the whole split: mean routed cost <= the budget's expert cost
+    weak_cost = rep["experts"]["mistralai/Mixtral-8x7B-Instruct-v0.1"]["cost_per_1k"] / 1000
+    assert np.mean([r["weak"]["cost_usd"] for r in routes]) <= weak_cost * (1 + 1e-6)
+    metrics = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_aiq" in m for m in metrics) and metrics[0]["step"] == 5
+
+
+def test_sigkill_then_rerun_is_bit_identical(uninterrupted, tmp_path):
+    killed = _train(tmp_path, "--config.train.fault_at_step=25")
+    assert killed.returncode == -9  # SIGKILL, after the async save of step 20 was issued
+    resumed = _train(tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # the save of step 20 may still have been in flight (async) when the process died
+    assert re.search(r"resumed from step (10|20)\n", resumed.stdout), resumed.stdout[:500]
+    step_a, a = _final_params(uninterrupted)
+    step_b, b = _final_params(tmp_path / "tiny")
+    assert step_a == step_b == 40
+    flat_a = dict(_flatten(a["state"]))
+    flat_b = dict(_flatten(b["state"]))
+    assert flat_a.keys() == flat_b.keys() and len(flat_a) > 5
+    for k in flat_a:
+        np.testing.assert_array_equal(flat_a[k], flat_b[k], err_msg=k)
+
+
+def _flatten(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _flatten(v, f"{prefix}/{k}")
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from _flatten(v, f"{prefix}/{i}")
+    else:
+        yield prefix, np.asarray(tree)
