@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test run bench clean
+.PHONY: setup test run demo bench clean
 
 setup: $(STAMP)
 	@$(PY) -m leeroo_jax.weights.assets
@@ -22,7 +22,9 @@ test: setup
 	$(PY) -m pytest tests
 
 run: setup
-	$(PY) -m leeroo_jax.score --config=configs/mmlu.py --config.job=baselines
+	$(PY) -m leeroo_jax.train --config=configs/mmlu.py
+
+demo: setup
 	$(PY) -m leeroo_jax.demo
 
 bench: setup
