@@ -48,3 +48,26 @@ def backbone_path(name: str) -> str:
 
 def run_dir(cfg) -> pathlib.Path:
     return pathlib.Path(cfg.output_root) / cfg.run_name
+
+
+def absl_main(config_flag, check_fn, job_fn):
+    """The `main(argv)` of an absl entry point: validate the config, start jax (multi-host
+    aware, compile cache on), run `job_fn(cfg)`; a LeerooError exits 2 with one line."""
+    from absl import app
+
+    from leeroo_jax import compile_cache, distributed
+    from leeroo_jax.errors import run_main
+
+    def run() -> None:
+        cfg = config_flag.value
+        check_fn(cfg)
+        distributed.initialize()
+        compile_cache.enable()
+        job_fn(cfg)
+
+    def main(argv) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.<key>=<value>")
+        run_main(run)
+
+    return main
