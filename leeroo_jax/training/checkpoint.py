@@ -22,11 +22,12 @@ class Checkpointer:
     def __init__(self, directory: str | pathlib.Path, keep: int = 2, async_save: bool = True):
         policy = policies.AnyPreservationPolicy(policies=[
             policies.LatestN(n=keep),
-            policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=True, n=1),
+            policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1),  # ascending sort, keeps the last: the max
         ])
         self.mgr = ocp.CheckpointManager(
             pathlib.Path(directory).resolve(),
-            options=ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=async_save),
+            options=ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=async_save,
+                                                 best_fn=lambda m: m[BEST_METRIC], best_mode="max"),
         )
 
     def latest_step(self) -> int | None:
