@@ -23,7 +23,7 @@ def get_config():
     c.backbone.path = "minilm"  # "minilm", "smollm2" (the fetched real weights), an HF dir or a hub id
     c.backbone.pooling = "mean"  # mean | cls | last
     c.backbone.max_length = 256
-    c.backbone.batch_size = 64
+    c.backbone.batch_size = 16  # small sorted batches pad least (bench/encode.py)
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"  # test | val

@@ -20,7 +20,6 @@ from leeroo_jax.models import layers
 from leeroo_jax.models.decoder import Decoder
 from leeroo_jax.weights.loader import Loaded
 
-BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
@@ -34,22 +33,21 @@ def _pooled(graphdef, state, tokens_bt, mask_bt, pooling: str, normalize: bool) 
     return layers.l2_normalize(vec) if normalize else vec
 
 
-def bucket_for(n: int, buckets: Sequence[int] = BUCKETS) -> int:
-    for b in buckets:
-        if n <= b:
-            return b
-    return buckets[-1]
+def bucket_for(n: int, step: int, max_length: int) -> int:
+    """n rounded up to a multiple of `step`, at most max_length: sorted batches then pad only
+    a few tokens a row, for one compiled program per multiple (cached on disk across runs)."""
+    return min(-(-n // step) * step, max_length)
 
 
 class Backbone:
     """Pooled vectors [N, D] (f32) for texts; `encode` is the whole batched pipeline."""
 
-    def __init__(self, loaded: Loaded, pooling: str = "mean", max_length: int = 256, batch_size: int = 64,
-                 normalize: bool = False):
+    def __init__(self, loaded: Loaded, pooling: str = "mean", max_length: int = 256, batch_size: int = 16,
+                 normalize: bool = False, bucket_step: int = 16):
         if loaded.tokenizer is None:
             raise ValueError(f"{loaded.path} has no tokenizer; a backbone needs one")
         self.loaded, self.pooling, self.max_length = loaded, pooling, max_length
-        self.batch_size, self.normalize = batch_size, normalize
+        self.batch_size, self.normalize, self.bucket_step = batch_size, normalize, bucket_step
         self.tokenizer = loaded.tokenizer
         self.decoder = isinstance(loaded.model, Decoder)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -64,7 +62,7 @@ class Backbone:
 
     def _pack(self, seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         """[batch_size, bucket] tokens and mask; rows past len(seqs) are all padding."""
-        t = bucket_for(max(len(s) for s in seqs), tuple(b for b in BUCKETS if b < self.max_length) + (self.max_length,))
+        t = bucket_for(max(len(s) for s in seqs), self.bucket_step, self.max_length)
         tokens = np.full((self.batch_size, t), self.pad_id, np.int32)
         mask = np.zeros((self.batch_size, t), np.int32)
         for i, s in enumerate(seqs):
