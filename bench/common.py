@@ -1,0 +1,141 @@
+"""Shared helpers for the benchmarks in bench/: threads, timing, context lines, RESULT line.
+
+Every benchmark measures ours (JAX/Flax) and its PyTorch baseline in the same process on the
+same inputs, prints context lines (machine throughput, threads, compile time, parity), and
+ends with exactly one line
+
+    RESULT name=<name> ours=<value> baseline=<value> unit=<unit> ratio=<ours/baseline>
+
+(higher is better), which is what CI and humans grep for.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+# The baseline runs torch on this many threads (the machine's cores unless overridden).
+THREADS = int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1))
+
+
+def setup_torch():
+    """Import torch pinned to THREADS intra-op threads (and 1 inter-op), grad off."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set by an earlier call in this process
+        pass
+    torch.set_grad_enabled(False)
+    return torch
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """Run fn `repeats` times; return the fastest wall time (s) and the last result."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def warm_up(calls: list[Callable[[], object]], shapes: list) -> dict[int, float]:
+    """Call the first batch of each distinct shape once (compiling it, or loading it from the
+    persistent cache); returns {batch index: seconds}, for `compile_seconds`."""
+    first = {}
+    for i, shape in enumerate(shapes):
+        first.setdefault(shape, i)
+    times = {}
+    for i in first.values():
+        t0 = time.perf_counter()
+        calls[i]()
+        times[i] = time.perf_counter() - t0
+    return times
+
+
+def compile_seconds(warm: dict[int, float], best: list[float]) -> float:
+    """Compile (or cache-load) time: each warm-up call minus that batch's best timed call."""
+    return sum(max(0.0, t - best[i]) for i, t in warm.items())
+
+
+def time_batches(sides: dict[str, list[Callable[[], object]]], repeats: int) -> dict[str, tuple[float, list, list]]:
+    """Time each side's per-batch calls, interleaving the sides pass by pass.
+
+    Returns {side: (seconds, outputs, per-batch best seconds)}, where seconds is the sum over
+    batches of each batch's fastest call across `repeats` passes. On a shared 2-core machine noise only ever adds
+    time and comes in bursts; taking the minimum per batch (rather than per whole pass) and
+    alternating the sides gives both the same chances at quiet moments. Each call must
+    block until its result is ready.
+    """
+    best = {k: [float("inf")] * len(calls) for k, calls in sides.items()}
+    outs: dict[str, list] = {k: [None] * len(calls) for k, calls in sides.items()}
+    for _ in range(repeats):
+        for k, calls in sides.items():
+            for i, call in enumerate(calls):
+                t0 = time.perf_counter()
+                outs[k][i] = call()
+                best[k][i] = min(best[k][i], time.perf_counter() - t0)
+    return {k: (sum(best[k]), outs[k], best[k]) for k in sides}
+
+
+def jax_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """f32 n x n matmul throughput of XLA's CPU backend, GFLOP/s (2 n^3 flops a product)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()  # compile
+    t, _ = best_of(lambda: f(a).block_until_ready(), repeats)
+    return 2 * n**3 / t / 1e9
+
+
+def torch_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    torch = setup_torch()
+    a = torch.randn(n, n)
+    a @ a  # warm the thread pool
+    t, _ = best_of(lambda: a @ a, repeats)
+    return 2 * n**3 / t / 1e9
+
+
+def print_machine_context() -> None:
+    """Context lines every benchmark prints: matmul GFLOP/s on both sides, thread counts."""
+    import jax
+
+    torch = setup_torch()
+    print(f"context: cpus={os.cpu_count()} jax={jax.__version__} devices={jax.devices()} "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"context: torch={torch.__version__} threads={torch.get_num_threads()} "
+          f"interop={torch.get_num_interop_threads()}")
+    print(f"context: f32 matmul 2048^2: jax {jax_matmul_gflops():.0f} GFLOP/s, "
+          f"torch {torch_matmul_gflops():.0f} GFLOP/s", flush=True)
+
+
+def result(name: str, ours: float, baseline: float, unit: str) -> str:
+    """Print (last) and return the RESULT line."""
+    line = f"RESULT name={name} ours={ours:.1f} baseline={baseline:.1f} unit={unit} ratio={ours / baseline:.2f}"
+    print(line, flush=True)
+    return line
+
+
+def length_buckets(lengths, batch: int, step: int, max_tokens: int = 0) -> list[tuple[int, int, list[int]]]:
+    """Sort rows by length (longest first) and cut them into batches padded to their longest
+    row rounded up to a multiple of `step`.
+
+    A batch holds `batch` rows, or, when max_tokens > 0, the largest power of two that keeps
+    rows x length within max_tokens (long prompts then come in small batches instead of
+    padding many shorter rows up to them). Returns [(batch_rows, padded_len, row_indices)];
+    each (batch_rows, padded_len) shape compiles once. A batch can hold fewer rows than its
+    shape (the shortest rows, at the end): the caller fills it with dummy rows.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    out, s = [], 0
+    while s < len(order):
+        t = -(-lengths[order[s]] // step) * step
+        b = batch if max_tokens <= 0 else min(batch, 1 << max(0, (max_tokens // t).bit_length() - 1))
+        out.append((b, t, order[s:s + b]))
+        s += b
+    return out
