@@ -62,22 +62,23 @@ def compile_seconds(warm: dict[int, float], best: list[float]) -> float:
 
 
 def time_batches(sides: dict[str, list[Callable[[], object]]], repeats: int) -> dict[str, tuple[float, list, list]]:
-    """Time each side's per-batch calls, interleaving the sides pass by pass.
+    """Time each side's per-batch calls, the sides interleaved call by call.
 
     Returns {side: (seconds, outputs, per-batch best seconds)}, where seconds is the sum over
-    batches of each batch's fastest call across `repeats` passes. On a shared 2-core machine noise only ever adds
-    time and comes in bursts; taking the minimum per batch (rather than per whole pass) and
-    alternating the sides gives both the same chances at quiet moments. Each call must
-    block until its result is ready.
+    batches of each batch's fastest call across `repeats` passes. On a shared 2-core machine
+    noise only ever adds time and comes in bursts (someone's test run, a compile), so each
+    pass merges the sides' calls in proportion (torch batch i sits among the ours batches
+    covering the same fraction of the work list) and a burst hits both sides alike; the
+    per-batch minimum then discards what a burst added. Each call must block until done.
     """
+    schedule = sorted((i / len(calls), k, i) for k, calls in sides.items() for i in range(len(calls)))
     best = {k: [float("inf")] * len(calls) for k, calls in sides.items()}
     outs: dict[str, list] = {k: [None] * len(calls) for k, calls in sides.items()}
     for _ in range(repeats):
-        for k, calls in sides.items():
-            for i, call in enumerate(calls):
-                t0 = time.perf_counter()
-                outs[k][i] = call()
-                best[k][i] = min(best[k][i], time.perf_counter() - t0)
+        for _, k, i in schedule:
+            t0 = time.perf_counter()
+            outs[k][i] = sides[k][i]()
+            best[k][i] = min(best[k][i], time.perf_counter() - t0)
     return {k: (sum(best[k]), outs[k], best[k]) for k in sides}
 
 
@@ -115,7 +116,13 @@ def print_machine_context() -> None:
 
 
 def result(name: str, ours: float, baseline: float, unit: str) -> str:
-    """Print (last) and return the RESULT line."""
+    """Print the load average (other work on the machine skews timings), then the RESULT line."""
+    load = os.getloadavg()
+    print("context: load average (1, 5, 15 min) %.2f %.2f %.2f (this run alone adds ~%d)" % (*load, THREADS))
+    if load[1] > THREADS + 1:
+        # Other work was running: torch's OpenMP team stalls on a descheduled thread far more
+        # than XLA's work-stealing pool, so the ratio comes out too high. Rerun when idle.
+        print("WARNING: machine busy during the run; the ratio is unreliable (inflated)")
     line = f"RESULT name={name} ours={ours:.1f} baseline={baseline:.1f} unit={unit} ratio={ours / baseline:.2f}"
     print(line, flush=True)
     return line
