@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import sys
 
-# Run with the repository root on the path instead of bench/: bench/select.py would shadow
+# Run with the repository root on the path instead of bench/: a bench/ file named like a stdlib module would shadow
 # the stdlib `select` module that subprocess (hence torch and jax) imports.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
