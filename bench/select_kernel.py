@@ -11,7 +11,7 @@ Ours: `leeroo_jax.orchestrator.select.select`, compiled and warm, inputs already
 
     RESULT name=select_batch_budget ours=<ms> baseline=<ms> unit=ms ratio=<baseline/ours>
 
-    .venv/bin/python bench/select.py [--b 1000000] [--e 16] [--repeats 5] [--np-repeats 3]
+    python bench/select_kernel.py [--b 1000000] [--e 16] [--repeats 5] [--np-repeats 3]
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 import sys
 
-# This file is named like the stdlib `select` module that subprocess (hence jax) imports:
-# drop bench/ from the path before anything imports it, and put the repository root there.
+# Run with the repository root on the path instead of bench/ (a bench/ file named like a
+# stdlib module would shadow it), so `bench.common` imports as a package module.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [x for x in sys.path if os.path.abspath(x or ".") != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
@@ -30,17 +30,10 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from bench.common import best_of  # noqa: E402
+
 LO_BITS, HI_BITS, STEPS = -1, 0x7F7FFFFF, 31  # the kernel's bisection bracket (see select.py)
 FLT_MAX = np.finfo(np.float32).max
-
-
-def best_of(fn, repeats):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 # ---- NumPy reference: what a careful NumPy user writes, same semantics as the kernel ----
