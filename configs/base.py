@@ -11,7 +11,12 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.run_name = "mmlu"
     c.output_root = "checkpoints"  # outputs go to <output_root>/<run_name>/
-    c.job = "baselines"  # score.py jobs: baselines
+    c.job = "baselines"  # score.py jobs: baselines | route | add_expert
+    c.checkpoint = ""  # route / add_expert: a training run's directory (checkpoints/<run_name>)
+
+    # Device mesh: -1 fills the devices left. Batches split over data x fsdp; the backbone's
+    # weights over fsdp (embed dims) and tensor (heads, mlp) by sharding.LOGICAL_AXIS_RULES.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "vendored"  # "vendored", a .jsonl(.gz) file, a Berkeley CSV dir, or "cais/mmlu"
@@ -32,9 +37,13 @@ def get_config():
     c.eval.knn_ks = (20, 100)
     c.eval.subject_strength = 20.0
 
-    # The orchestrator head on frozen backbone embeddings (train.py). Chosen on VAL; see README.
+    # The orchestrator (train.py). Chosen on VAL; see README.
     c.train = ml_collections.ConfigDict()
-    c.train.mode = "frozen"  # frozen: cached backbone embeddings, head only
+    c.train.mode = "frozen"  # frozen (cached embeddings, head only) | last_k | full (backbone in the step)
+    c.train.last_k = 2  # last_k mode: how many top backbone layers learn
+    c.train.backbone_lr_scale = 0.05  # backbone lr = this x lr (fine-tuning modes)
+    c.train.layer_decay = 1.0  # and x layer_decay per layer below the top
+    c.train.accumulate = 1  # gradient accumulation: optimizer updates every `accumulate` steps
     c.train.seed = 0
     c.train.steps = 300
     c.train.batch_size = 256

@@ -7,7 +7,8 @@ import pathlib
 from leeroo_jax.errors import ConfigError
 from leeroo_jax.weights import assets
 
-JOBS = ("baselines",)
+JOBS = ("baselines", "route", "add_expert")
+TRAIN_MODES = ("frozen", "last_k", "full")
 SPLITS = ("test", "val")
 POOLINGS = ("mean", "cls", "last")
 
@@ -32,13 +33,17 @@ def check(cfg) -> None:
 def check_train(cfg) -> None:
     check(cfg)
     t = cfg.train
-    if t.mode != "frozen":
-        raise ConfigError(f"config.train.mode={t.mode!r}: only 'frozen' is implemented so far")
-    for name in ("steps", "batch_size", "hidden", "log_every", "eval_every", "keep"):
+    if t.mode not in TRAIN_MODES:
+        raise ConfigError(f"config.train.mode={t.mode!r}; choose one of {', '.join(TRAIN_MODES)}")
+    for name in ("steps", "batch_size", "hidden", "log_every", "eval_every", "keep", "last_k", "accumulate"):
         if not (isinstance(t[name], int) and t[name] > 0):
             raise ConfigError(f"config.train.{name}={t[name]!r} must be a positive integer")
     if not t.lr > 0 or not 0 <= t.dropout < 1 or not 0 <= t.soft_weight <= 1:
         raise ConfigError("config.train: lr must be > 0, dropout in [0, 1), soft_weight in [0, 1]")
+    if not 0 < t.layer_decay <= 1 or not t.backbone_lr_scale >= 0:
+        raise ConfigError("config.train: layer_decay must be in (0, 1] and backbone_lr_scale >= 0")
+    if t.steps % t.accumulate:
+        raise ConfigError(f"config.train.steps={t.steps} must be a multiple of accumulate={t.accumulate}")
 
 
 def backbone_path(name: str) -> str:

@@ -156,14 +156,16 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 def state_shardings(state: Any, mesh: Mesh) -> Any:
     """NamedShardings for an nnx State, from each Variable's `logical_axes` metadata.
 
-    Variables without logical axes (RNG counters, scalars) are replicated.
+    Variables without logical axes (RNG counters, scalars) are replicated. Optimizer state
+    inherits its parameter's metadata: moments (same shape) are sharded like the parameter,
+    anything of another rank (step counts, placeholders of masked transforms) is replicated.
     """
     from flax import nnx
 
     def one(v):
         axes = v.get_metadata().get("logical_axes") if isinstance(v, nnx.Variable) else None
         shape = v.shape if hasattr(v, "shape") else ()
-        return NamedSharding(mesh, logical_to_spec(axes, shape, mesh) if axes else P())
+        return NamedSharding(mesh, logical_to_spec(axes, shape, mesh) if axes and len(axes) == len(shape) else P())
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

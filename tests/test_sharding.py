@@ -110,3 +110,54 @@ def test_init_sharded_places_params_by_rules(mesh222):
     model = sharding.init_sharded(lambda: Decoder(cfg, rngs=nnx.Rngs(0)), mesh222)
     assert model.layers.w_down[...].sharding.spec == GOLDEN_SPECS["layers.w_down"]
     assert model.embed[...].sharding.spec == GOLDEN_SPECS["embed"]
+
+
+def test_train_state_sharded_like_params_and_step_matches_single_device(mesh222):
+    """Adam moments of every backbone weight sit on that weight's golden sharding, and one
+    last_k train step on the 2x2x2 mesh equals the same step on one device."""
+    from leeroo_jax.models.decoder import Decoder
+    from leeroo_jax.models.hf import DecoderConfig
+    from leeroo_jax.orchestrator.model import Head, HeadConfig, Orchestrator
+    from leeroo_jax.training import optim, step
+
+    cfg = DecoderConfig(vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                        num_kv_heads=2, head_dim=16)
+
+    def build():
+        model = Orchestrator(Head(HeadConfig(64, 3, 1, hidden=16, dropout=0.0), rngs=nnx.Rngs(1)),
+                             Decoder(cfg, rngs=nnx.Rngs(0)), "last", frozen_layers=1)
+        ocfg = optim.OptimConfig(lr=1e-2, warmup_steps=1, total_steps=5, num_layers=2, trainable_layers=1)
+        return nnx.split((model, nnx.Optimizer(model, optim.make(ocfg), wrt=nnx.Param)))
+
+    graphdef, state = build()
+    shardings = sharding.state_shardings(state, mesh222)
+    n_moments = 0
+    for path, s in nnx.to_flat_state(shardings):
+        names = [str(k) for k in path]
+        # .../inner_states/backbone_layers/inner_state/0/{mu,nu}/backbone/layers/<w>: the moments of
+        # the stacked layer weights (the other groups hold shape-() placeholders for them)
+        if "backbone_layers" in names and ("mu" in names or "nu" in names):
+            key = ".".join(names[names.index("mu" if "mu" in names else "nu") + 2:])
+            if not key.startswith("layers."):
+                continue  # a shape-() placeholder of a weight in another group
+            assert s.spec == GOLDEN_SPECS[key], key
+            n_moments += 1
+    assert n_moments == 2 * 9  # mu and nu of the 9 stacked weights of the tiny Llama
+
+    rng = np.random.default_rng(0)
+    attn = np.ones((8, 12), np.int32)
+    attn[::2, :5] = 0  # left padding
+    batch = {"tokens": rng.integers(1, 128, (8, 12)).astype(np.int32) * attn, "attn": attn,
+             "side": rng.uniform(0.1, 0.9, (8, 3, 1)).astype(np.float32),
+             "target": (rng.uniform(size=(8, 3)) < 0.5).astype(np.float32), "mask": np.ones((8, 3), np.float32)}
+    single, m1 = step.train_step(graphdef, state, batch, jax.random.key(0))
+    _, state2 = build()
+    with jax.set_mesh(mesh222):
+        placed = jax.device_put(state2, shardings)
+        sharded, m2 = step.train_step(graphdef, placed, sharding.shard_batch(batch, mesh222), jax.random.key(0))
+    assert float(m2["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-5)
+    a, b = nnx.to_pure_dict(single), nnx.to_pure_dict(sharded)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-4, atol=1e-6)
+    wq = b[0]["backbone"]["layers"]["wq"]
+    assert wq.sharding.spec == GOLDEN_SPECS["layers.wq"]

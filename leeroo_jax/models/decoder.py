@@ -127,6 +127,7 @@ class Decoder(nnx.Module):
         cache: KVCache | None = None,
         *,
         compute_logits: bool = True,
+        frozen_layers: int = 0,
     ) -> DecoderOutput:
         """Forward pass.
 
@@ -134,7 +135,8 @@ class Decoder(nnx.Module):
         RoPE positions; by default the count of real tokens before each one, which is what
         HF's `generate` uses and makes left padding invisible to the model. With a cache,
         the T new tokens are written at slots [index, index + T) and attend to all valid
-        earlier slots; pass positions_bt that continue the prompt's positions.
+        earlier slots; pass positions_bt that continue the prompt's positions. frozen_layers:
+        the first n layers (and the embeddings) run outside autodiff (layers.scan_layers).
         """
         cfg, dtype = self.cfg, self.dtype
         b, t = tokens_bt.shape
@@ -161,7 +163,7 @@ class Decoder(nnx.Module):
             x, new_kv = _block(cfg, dtype, x, w, window, sin, cos, q_slot_bt, k_valid_bs, kv, index)
             return x, new_kv
 
-        x, new_kv = jax.lax.scan(body, x, (self.layers.stacked(), windows, kv_xs))
+        x, new_kv = layers.scan_layers(body, x, (self.layers.stacked(), windows, kv_xs), frozen_layers)
         hidden = layers.rms_norm(x, self.final_norm[...].astype(dtype), cfg.rms_norm_eps)
         new_cache = None if cache is None else KVCache(new_kv[0], new_kv[1], k_valid_bs, index + t)
         logits = self.logits(hidden) if compute_logits else None

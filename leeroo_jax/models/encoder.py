@@ -68,7 +68,11 @@ class Encoder(nnx.Module):
         tokens_bt: jax.Array,
         attention_mask_bt: jax.Array | None = None,
         token_types_bt: jax.Array | None = None,
+        *,
+        frozen_layers: int = 0,
     ) -> EncoderOutput:
+        """frozen_layers: the first n layers (and the embeddings) run outside autodiff; fine-tuning
+        the last k layers passes num_layers - k (see layers.scan_layers)."""
         cfg, dtype = self.cfg, self.dtype
         b, t = tokens_bt.shape
         mask_bt = jnp.ones((b, t), bool) if attention_mask_bt is None else attention_mask_bt.astype(bool)
@@ -98,7 +102,7 @@ class Encoder(nnx.Module):
             x = layers.layer_norm(x + h, w["out_ln_scale"], w["out_ln_bias"], eps)
             return constrain(x, ("batch", "length", "act_embed")), None
 
-        x, _ = jax.lax.scan(body, x, self.layers.stacked())
+        x, _ = layers.scan_layers(body, x, self.layers.stacked(), frozen_layers)
         pooled = None
         if cfg.has_pooler:
             pooled = jnp.tanh(x[:, 0] @ self.pooler_w[...].astype(dtype) + self.pooler_b[...].astype(dtype))

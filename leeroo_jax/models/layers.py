@@ -165,3 +165,16 @@ POOLERS = {"mean": mean_pool, "cls": cls_pool, "last": last_token_pool}
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def scan_layers(body: Callable, x: jax.Array, xs, frozen: int = 0):
+    """lax.scan of `body` over the stacked "layers" axis of xs; the first `frozen` layers run
+    outside autodiff (their inputs and weights behind stop_gradient, so a grad of the output
+    neither differentiates nor stores activations for them). frozen = 0: one plain scan.
+    Returns (x, ys) with ys stacked over all layers, as lax.scan would."""
+    if not frozen:
+        return jax.lax.scan(body, x, xs)
+    lower = jax.tree.map(lambda a: jax.lax.stop_gradient(a[:frozen]), xs)
+    x, ys_lo = jax.lax.scan(body, jax.lax.stop_gradient(x), lower)
+    x, ys_hi = jax.lax.scan(body, x, jax.tree.map(lambda a: a[frozen:], xs))
+    return x, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), ys_lo, ys_hi)

@@ -80,17 +80,23 @@ class Head(nnx.Module):
 
 
 class Orchestrator(nnx.Module):
-    """Backbone (optional: None when training on cached frozen embeddings) + head."""
+    """Backbone (optional: None when training on cached frozen embeddings) + head.
 
-    def __init__(self, head: Head, backbone: Encoder | Decoder | None = None, pooling: str = "mean"):
-        self.head, self.backbone, self.pooling = head, backbone, pooling
+    frozen_layers: the backbone's first n layers and its embeddings run outside autodiff
+    (fine-tuning the last k layers sets n = L - k; 0 with a backbone = full fine-tuning).
+    """
+
+    def __init__(self, head: Head, backbone: Encoder | Decoder | None = None, pooling: str = "mean",
+                 frozen_layers: int = 0):
+        self.head, self.backbone, self.pooling, self.frozen_layers = head, backbone, pooling, frozen_layers
 
     def embed(self, tokens_bt: jax.Array, mask_bt: jax.Array) -> jax.Array:
+        """Pooled query vectors [B, D] f32."""
         if isinstance(self.backbone, Decoder):
-            hidden = self.backbone(tokens_bt, mask_bt, compute_logits=False).hidden
+            hidden = self.backbone(tokens_bt, mask_bt, compute_logits=False, frozen_layers=self.frozen_layers).hidden
         else:
-            hidden = self.backbone(tokens_bt, mask_bt).hidden
-        return layers.POOLERS[self.pooling](hidden, mask_bt)
+            hidden = self.backbone(tokens_bt, mask_bt, frozen_layers=self.frozen_layers).hidden
+        return layers.POOLERS[self.pooling](hidden, mask_bt).astype(jnp.float32)
 
     def __call__(self, tokens_bt: jax.Array, mask_bt: jax.Array, side_bep: jax.Array | None = None,
                  dropout_key: jax.Array | None = None) -> jax.Array:

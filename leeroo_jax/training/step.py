@@ -1,7 +1,9 @@
 """The jitted train and eval steps (pure functions over split nnx state, state donated).
 
-Batch (frozen-backbone mode): q [B, D] pooled embeddings, side [B, E, P] side features,
-target [B, E] labels in [0, 1], mask [B, E] 1 where the (query, expert) pair was observed.
+Batch: the query as either q [B, D] pooled embeddings (frozen-backbone mode) or tokens [B, T]
+with attn [B, T] (1 = real token; fine-tuning modes, the backbone runs inside the step), side
+[B, E, P] side features, target [B, E] labels in [0, 1], mask [B, E] 1 where the (query,
+expert) pair was observed.
 The loss is binary cross-entropy on observed pairs only: an expert never called on a query
 says nothing about it.
 """
@@ -22,6 +24,8 @@ def masked_bce(logits_be: jax.Array, target_be: jax.Array, mask_be: jax.Array) -
 
 
 def _logits(model, batch, dropout_key=None):
+    if "tokens" in batch:  # the dict's keys are static under jit: one program per batch kind
+        return model(batch["tokens"], batch["attn"], batch.get("side"), dropout_key)
     return model.head(batch["q"], batch.get("side"), dropout_key)
 
 

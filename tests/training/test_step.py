@@ -63,7 +63,8 @@ def test_backbone_parameters_get_the_scaled_learning_rate():
                                 max_position_embeddings=8, has_pooler=False), rngs=nnx.Rngs(0))
     model = _model(backbone=enc)
     labels = jax.tree.leaves(optim._labels(nnx.state(model, nnx.Param)))
-    assert labels.count("backbone") == len(jax.tree.leaves(nnx.state(enc, nnx.Param)))
+    assert labels.count("backbone") + labels.count("backbone_layers") == len(jax.tree.leaves(nnx.state(enc, nnx.Param)))
+    assert labels.count("backbone_layers") == len(jax.tree.leaves(nnx.state(enc.layers, nnx.Param)))
     assert labels.count("head") == len(jax.tree.leaves(nnx.state(model.head, nnx.Param)))
     before = {k: np.asarray(v) for k, v in [("bb", enc.word_embed[...]), ("head", model.head.w1[...])]}
     opt = nnx.Optimizer(model, optim.make(optim.OptimConfig(lr=1e-2, warmup_steps=1, backbone_lr_scale=0.1)),
@@ -86,3 +87,70 @@ def test_end_to_end_orchestrator_scores_tokens():
     assert logits.shape == (2, E) and bool(jnp.all(jnp.isfinite(logits)))
     q = model.embed(tokens, mask)
     np.testing.assert_allclose(np.asarray(model.head(q, jnp.full((2, E, P), 0.5))), np.asarray(logits), rtol=1e-6)
+
+
+def _encoder(num_layers=3):
+    return Encoder(EncoderConfig(vocab_size=11, hidden_size=D, intermediate_size=16, num_layers=num_layers, num_heads=2,
+                                 max_position_embeddings=8, has_pooler=False), rngs=nnx.Rngs(0))
+
+
+def _token_batch(rng, b=6):
+    tokens = rng.integers(1, 11, size=(b, 8)).astype(np.int32)
+    attn = (np.arange(8)[None] < rng.integers(2, 9, size=(b, 1))).astype(np.int32)
+    return {"tokens": tokens * attn, "attn": attn, "side": rng.uniform(0.1, 0.9, (b, E, P)).astype(np.float32),
+            "target": (rng.uniform(size=(b, E)) < 0.5).astype(np.float32), "mask": np.ones((b, E), np.float32)}
+
+
+def test_frozen_layers_change_gradients_not_outputs():
+    """frozen_layers=n: same forward; zero gradient below layer n and for the embeddings, and
+    the same gradient as full autodiff above it."""
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(1, 11, size=(3, 8)))
+    mask = jnp.ones((3, 8), jnp.int32).at[1, 5:].set(0)
+    enc = _encoder()
+    graphdef, params = nnx.split(enc)
+
+    def f(params, frozen):
+        return jnp.sum(jnp.sin(nnx.merge(graphdef, params)(tokens, mask, frozen_layers=frozen).hidden))
+
+    np.testing.assert_allclose(f(params, 1), f(params, 0), rtol=1e-6)
+    g_full, g_top = jax.grad(f)(params, 0), jax.grad(f)(params, 1)
+    for name in ("wq", "w_in", "out_ln_scale"):
+        full, top = np.asarray(g_full["layers"][name][...]), np.asarray(g_top["layers"][name][...])
+        assert np.all(top[0] == 0) and np.abs(full[0]).max() > 0
+        np.testing.assert_allclose(top[1:], full[1:], rtol=1e-5, atol=1e-7)
+    assert np.all(np.asarray(g_top["word_embed"][...]) == 0)
+
+
+def test_last_k_training_moves_only_the_top_layers_and_the_head():
+    rng = np.random.default_rng(1)
+    enc = _encoder()
+    model = Orchestrator(Head(HeadConfig(D, E, P, hidden=16, dropout=0.1), rngs=nnx.Rngs(0)), enc, frozen_layers=1)
+    before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    cfg = optim.OptimConfig(lr=1e-2, warmup_steps=1, total_steps=10, weight_decay=0.1, num_layers=3, trainable_layers=2)
+    graphdef, state = nnx.split((model, nnx.Optimizer(model, optim.make(cfg), wrt=nnx.Param)))
+    for s in range(3):
+        state, metrics = step.train_step(graphdef, state, _token_batch(rng), jax.random.key(s))
+        assert np.isfinite(float(metrics["loss"]))
+    after = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)))
+    bb0, bb1 = before["backbone"], after["backbone"]
+    np.testing.assert_array_equal(bb1["word_embed"], bb0["word_embed"])  # weight decay did not touch them
+    for name in ("wq", "w_out", "attn_ln_bias"):
+        np.testing.assert_array_equal(bb1["layers"][name][0], bb0["layers"][name][0])
+        assert np.abs(bb1["layers"][name][1:] - bb0["layers"][name][1:]).max() > 0
+    assert np.abs(after["head"]["w1"] - before["head"]["w1"]).max() > 0
+
+
+def test_layer_decay_scales_each_layer_step():
+    enc = _encoder()
+    model = _model(backbone=enc)
+    w0 = np.asarray(enc.layers.w_in[...])
+    cfg = optim.OptimConfig(lr=1e-2, warmup_steps=1, weight_decay=0.0, backbone_lr_scale=0.5, layer_decay=0.5,
+                            num_layers=3)
+    opt = nnx.Optimizer(model, optim.make(cfg), wrt=nnx.Param)
+    grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+    opt.update(model, grads)  # the warmup's step 0 has lr 0
+    opt.update(model, grads)
+    step_per_layer = np.abs(np.asarray(enc.layers.w_in[...]) - w0).reshape(3, -1).max(1)
+    # with a constant gradient Adam's step is the lr: layer l moves lr * 0.5 * 0.5 ** (2 - l)
+    np.testing.assert_allclose(step_per_layer, 1e-2 * 0.5 * np.array([0.25, 0.5, 1.0]), rtol=1e-4)
