@@ -21,6 +21,8 @@ def get_config():
     c.data = ml_collections.ConfigDict()
     c.data.source = "vendored"  # "vendored", a .jsonl(.gz) file, a Berkeley CSV dir, or "cais/mmlu"
     c.data.outcomes = "vendored"  # graded outcomes CSV; "vendored" = leeroo_jax/data/assets/outcomes.csv.gz
+    c.data.extra_experts = "error"  # outcomes of experts outside config.pool: "error" | "skip" (train on a sub-pool)
+    c.data.probes = ""  # JSON {expert: [question ids]}: only these outcomes of those experts are known (add_expert)
 
     c.pool = [dict(e) for e in MMLU_9]
 
@@ -29,6 +31,20 @@ def get_config():
     c.backbone.pooling = "mean"  # mean | cls | last
     c.backbone.max_length = 256
     c.backbone.batch_size = 16  # small sorted batches pad least (bench/encode.py)
+
+    # score.py --config.job=route: route questions with a trained run (config.checkpoint)
+    c.route = ml_collections.ConfigDict()
+    c.route.questions = ""  # "" = the run's eval split; else a .jsonl(.gz), a Berkeley CSV dir or cais/mmlu
+    c.route.mode = "batch_budget"  # cap | tradeoff | batch_budget | quality (orchestrator/select.py)
+    c.route.value = -1.0  # USD cap / mean USD budget, lam, or tau; < 0: the eval.weak expert's mean cost
+    c.route.output = ""  # "" = <checkpoint>/route
+
+    # score.py --config.job=add_expert: grow a trained run's pool (orchestrator/add_expert.py)
+    c.add_expert = ml_collections.ConfigDict()
+    c.add_expert.probes = 50  # K graded TRAIN questions per new expert
+    c.add_expert.seed = 0
+    c.add_expert.l2 = 0.01  # pull of the new row toward the mean expert row
+    c.add_expert.run_name = ""  # "" = <checkpoint's run_name>+<number added>
 
     c.eval = ml_collections.ConfigDict()
     c.eval.split = "test"  # test | val

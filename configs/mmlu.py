@@ -6,8 +6,16 @@
 from configs import base
 
 
+HOLDOUT = "HuggingFaceH4/zephyr-7b-beta"
+
+
 def get_config(variant: str | None = None):
     c = base.get_config()
-    if variant not in (None, ""):
-        raise ValueError(f"configs/mmlu.py has no variant {variant!r}")
-    return c
+    if variant in (None, ""):
+        return c
+    if variant == "holdout":  # the pool without one 7B expert, for add_expert experiments
+        c.run_name = "mmlu_holdout"
+        c.pool = [e for e in c.pool if e["name"] != HOLDOUT]
+        c.data.extra_experts = "skip"
+        return c
+    raise ValueError(f"configs/mmlu.py has no variant {variant!r}; choose holdout")

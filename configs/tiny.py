@@ -6,7 +6,12 @@ from configs import base
 
 def get_config(variant: str | None = None):
     c = base.get_config()
-    c.run_name = "tiny"
+    if variant == "holdout":  # without one 7B expert, for the add_expert test
+        c.pool = [e for e in c.pool if e["name"] != "HuggingFaceH4/zephyr-7b-beta"]
+        c.data.extra_experts = "skip"
+    elif variant not in (None, ""):
+        raise ValueError(f"configs/tiny.py has no variant {variant!r}")
+    c.run_name = "tiny" if variant != "holdout" else "tiny_holdout"
     c.train.steps = 20
     c.train.batch_size = 64
     c.train.hidden = 16

@@ -2,8 +2,13 @@
 
     python -m leeroo_jax.score --config=configs/mmlu.py --config.job=baselines
 
-Jobs: `baselines` — the reference routers (zero, subject prior, kNN) and the oracle on the
-configured split, written to <output_root>/<run_name>/report.{json,md} and frontier.png.
+Jobs:
+  baselines   the reference routers (zero, subject prior, kNN) and the oracle on the
+              configured split -> <output_root>/<run_name>/report.{json,md}, frontier.png
+  route       route questions with a trained run (--config.checkpoint=checkpoints/<run>) under
+              a budget (--config.route.*) -> <checkpoint>/route/choices.jsonl, summary.json
+  add_expert  fit a new expert's row from K graded probes (--config.add_expert.*), everything
+              else frozen -> a new run directory with the larger pool
 """
 
 from __future__ import annotations
@@ -21,6 +26,14 @@ def _job(cfg) -> None:
         from leeroo_jax.eval import baselines
 
         baselines.run(cfg)
+    elif cfg.job == "route":
+        from leeroo_jax.orchestrator import serve
+
+        serve.run_route(cfg)
+    elif cfg.job == "add_expert":
+        from leeroo_jax.orchestrator import add_expert
+
+        add_expert.run(cfg)
 
 
 if __name__ == "__main__":

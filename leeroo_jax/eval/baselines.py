@@ -9,6 +9,7 @@ on the configured split and writes report.json / report.md / frontier.png.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import time
 
@@ -57,7 +58,7 @@ def load_records(cfg, questions, pool, cost) -> records.RecordStore:
         def __missing__(self, key):
             return cost[idx[key[0]], name_idx[key[1]]]
 
-    records.import_outcomes(store, src, _Costs(), idx)
+    records.import_outcomes(store, src, _Costs(), idx, skip_unknown_experts=cfg.data.extra_experts == "skip")
     tmp.rename(path)  # the store appears whole or not at all
     return records.RecordStore(path, pool.names)
 
@@ -93,8 +94,22 @@ def prepare(cfg) -> Prepared:
     dense = store.dense([q.id for q in questions], list(pool.names))
     full = dense.observed.all(axis=1)
     split = np.array([mmlu.split_of(q.id, bool(f)).value for q, f in zip(questions, full)])
-    return Prepared(questions, pool, cost, dense.outcome, dense.soft, dense.observed, split,
+    observed = dense.observed
+    if cfg.data.probes:  # experts added from a few probes: only those outcomes are known (splits unchanged)
+        observed = restrict_to_probes(observed, questions, list(pool.names), json.loads(pathlib.Path(cfg.data.probes).read_text()))
+    return Prepared(questions, pool, cost, dense.outcome, dense.soft, observed, split,
                     np.array([q.subject for q in questions]))
+
+
+def restrict_to_probes(observed: np.ndarray, questions, names: list[str], probes: dict[str, list[str]]) -> np.ndarray:
+    """observed [Q, E] with expert e's column kept only on its probe question ids."""
+    ids = {q.id: i for i, q in enumerate(questions)}
+    out = observed.copy()
+    for name, qids in probes.items():
+        keep = np.zeros(len(questions), bool)
+        keep[[ids[q] for q in qids]] = True
+        out[:, names.index(name)] &= keep
+    return out
 
 
 def reference_routers(cfg, data: Prepared, eval_rows: np.ndarray, vecs: np.ndarray | None) -> dict[str, np.ndarray]:

@@ -57,14 +57,11 @@ class Head(nnx.Module):
         self.bias = p(layers.zeros_init, (cfg.num_experts,), ("experts",))
         self.side_w = p(layers.zeros_init, (max(cfg.num_side, 1),), (None,))
 
-    def __call__(self, q_bd: jax.Array, side_bep: jax.Array | None = None, dropout_key: jax.Array | None = None) -> jax.Array:
-        """q [B, D], side [B, E, P] in [0, 1] (or None when num_side == 0) -> logits [B, E] f32.
-
-        dropout_key: dropout is applied only when a key is given (training); the caller derives
-        it as fold_in(seed_key, step), so a resumed run draws the same masks.
-        """
+    def features(self, q_bd: jax.Array, side_bep: jax.Array | None = None, dropout_key: jax.Array | None = None):
+        """(h [B, H] the query representation, side_logit [B, E, P] or None)."""
         b = q_bd.shape[0]
         x = q_bd.astype(jnp.float32)
+        side_logit = None
         if self.cfg.num_side:
             side_logit = _logit(side_bep.astype(jnp.float32))
             x = jnp.concatenate([x, side_logit.reshape(b, -1)], axis=-1)
@@ -72,7 +69,15 @@ class Head(nnx.Module):
         if dropout_key is not None and self.cfg.dropout > 0:
             keep = jax.random.bernoulli(dropout_key, 1.0 - self.cfg.dropout, h.shape)
             h = jnp.where(keep, h / (1.0 - self.cfg.dropout), 0.0)
-        h = jax.nn.gelu(h @ self.w2[...] + self.b2[...])
+        return jax.nn.gelu(h @ self.w2[...] + self.b2[...]), side_logit
+
+    def __call__(self, q_bd: jax.Array, side_bep: jax.Array | None = None, dropout_key: jax.Array | None = None) -> jax.Array:
+        """q [B, D], side [B, E, P] in [0, 1] (or None when num_side == 0) -> logits [B, E] f32.
+
+        dropout_key: dropout is applied only when a key is given (training); the caller derives
+        it as fold_in(seed_key, step), so a resumed run draws the same masks.
+        """
+        h, side_logit = self.features(q_bd, side_bep, dropout_key)
         logits = h @ self.experts[...].T + self.bias[...]
         if self.cfg.num_side:
             logits = logits + side_logit @ self.side_w[...]

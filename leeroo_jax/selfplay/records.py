@@ -210,13 +210,16 @@ def read_outcomes_csv(path: str | os.PathLike) -> Iterable[tuple[str, str, float
 
 
 def import_outcomes(store: RecordStore, path: str | os.PathLike, costs: Mapping[tuple[str, str], float],
-                    known_ids: Mapping[str, object] | set) -> int:
+                    known_ids: Mapping[str, object] | set, skip_unknown_experts: bool = False) -> int:
     """Append every graded answer of an outcomes CSV (correct -> outcome, prob -> soft label).
 
     `costs[(qid, expert)]` gives each call's cost. The whole file is validated before anything
-    is written, so a bad row leaves the store untouched.
+    is written, so a bad row leaves the store untouched. skip_unknown_experts: drop the rows of
+    experts outside the store's pool (training on a sub-pool) instead of failing on them.
     """
     rows = list(read_outcomes_csv(path))
+    if skip_unknown_experts:
+        rows = [r for r in rows if r[1] in store.experts]
     for qid, model, correct, prob, where in rows:
         if not 0 <= correct <= 1 or (not math.isnan(prob) and not 0 <= prob <= 1):
             raise DataError(f"{where}: outcome {correct} / prob {prob} outside [0, 1]; fix the row")
