@@ -71,3 +71,22 @@ def _flatten(tree, prefix=""):
             yield from _flatten(v, f"{prefix}/{i}")
     else:
         yield prefix, np.asarray(tree)
+
+
+def test_last_k_run_trains_only_the_top_layers(tmp_path, minilm_path):
+    """A last_k=2 run of the real MiniLM: its checkpoint's lower 4 layers and embeddings are the
+    pretrained weights bit for bit, its top 2 layers moved."""
+    from leeroo_jax.weights.safetensors_io import SafetensorsFile
+
+    proc = _train(tmp_path, "--config.train.mode=last_k", "--config.train.last_k=2", "--config.train.steps=10",
+                  "--config.train.eval_every=10", "--config.train.batch_size=32")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, restored = _final_params(tmp_path / "tiny")
+    bb = restored["state"]["0"]["backbone"]  # the (model, optimizer) tuple saves as keys "0", "1"
+    st = SafetensorsFile(minilm_path / "model.safetensors")
+    np.testing.assert_array_equal(np.asarray(bb["word_embed"]), st.get("embeddings.word_embeddings.weight"))
+    for i in range(6):
+        pretrained = st.get(f"encoder.layer.{i}.output.dense.bias")
+        same = np.array_equal(np.asarray(bb["layers"]["b_out"])[i], pretrained)
+        assert same == (i < 4), i
+    assert (tmp_path / "tiny" / "report.json").exists()
