@@ -28,7 +28,7 @@ demo: setup
 	$(PY) -m leeroo_jax.demo
 
 bench: setup
-	@for b in bench/encode.py bench/decode.py bench/select_kernel.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in bench/encode.py bench/decode.py bench/select_kernel.py bench/train_step.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache
