@@ -13,7 +13,7 @@ draws them (`default_rng([seed, s])`), the same rows on both sides.
 Ours: `leeroo_jax.training.step.train_step` on the model and `nnx.Optimizer(optim.make(..))`
 that `loop.Trainer` builds (its code, not a copy), state donated, dropout key fold_in(key, s);
 the inputs of each step made by `Feed` below: the same batch and key values as loop.fit's
-loop body, with less host work (one device_put of the batch, a jitted fold_in; see Feed).
+loop body, with less host work (no per-array device_put, a jitted fold_in; see Feed).
 loop.fit's own loop body (trainer.batch(s), eager jax.random.fold_in) is timed alongside
 as a context line. Steps are dispatched asynchronously; a timed call of --steps-per-call
 steps ends by blocking on the state (a loop that reads its loss every few steps).
@@ -203,13 +203,15 @@ def ours_steps(trainer, first_step: int, n: int, feed=None):
 
 
 class Feed:
-    """The inputs of step s exactly as loop.fit makes them (the same batch values, the same
-    dropout key), with less host work a step, which on 2 cores competes with the step itself:
+    """The inputs of step s with loop.fit's values (the same batch, the same dropout key) but
+    less host work a step, which on 2 cores competes with the step itself for a core:
 
-      - the batch is host_batch(trainer, s) placed by ONE jax.device_put of the whole dict
-        onto the batch shardings, computed once (sharding.shard_batch puts each array on its
-        own, building its sharding every call: ~0.5 ms a batch here, against ~0.3 ms);
-      - the dropout key comes from a jitted fold_in: one dispatch (~0.02 ms) instead of
+      - the batch: the host gather (host_batch, the same one torch's side does), then on a
+        one-device mesh the NumPy dict as is, which the jitted step's C++ path copies in
+        (~0.1 ms); on a larger mesh ONE jax.device_put of the dict onto the batch shardings,
+        computed once. loop.fit's trainer.batch(s) places it with sharding.shard_batch: a
+        device_put per array, each building its sharding (~0.5 ms a batch here);
+      - the dropout key: a jitted fold_in, one dispatch (~0.02 ms) instead of
         jax.random.fold_in's several eager ops (~0.2 ms).
     Single-process only (shard_batch's multi-host path assembles global arrays instead)."""
 
@@ -220,14 +222,16 @@ class Feed:
 
         mesh = getattr(trainer, "mesh", None)
         shapes = host_batch(trainer, 0)
-        self.shardings = None if mesh is None else {k: sharding.batch_sharding(mesh, v.ndim) for k, v in shapes.items()}
+        self.shardings = None
+        if mesh is not None and mesh.size > 1:
+            self.shardings = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in shapes.items()}
         self.fold_in = jax.jit(jax.random.fold_in)
 
     def __call__(self, trainer, s: int):
         import jax
 
         hb = host_batch(trainer, s)
-        batch = jax.device_put(hb, self.shardings) if self.shardings is not None else jax.device_put(hb)
+        batch = hb if self.shardings is None else jax.device_put(hb, self.shardings)
         return batch, self.fold_in(trainer.key, s)
 
 
