@@ -328,6 +328,7 @@ def main() -> None:
     # ---- timing: each side from the default config's init, dropout 0.3, steps 0, 1, 2, ... ----
     # "ours": train_step fed by Feed; "ours_fit": fed by loop.fit's own loop body (context).
     trainer, trainer_fit = make_trainer(cfg, data, vecs, side), make_trainer(cfg, data, vecs, side)
+    torch_.manual_seed(t.seed)  # torch's dropout masks: reproducible from run to run, as ours are
     ref = TorchTrainer(head_params(trainer), t.dropout, trainer.opt_cfg)
     feed = Feed(trainer)
     k = args.steps_per_call
