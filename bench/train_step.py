@@ -11,11 +11,10 @@ shapes and observed fraction (no cache needed). Step s's rows are drawn as Train
 draws them (`default_rng([seed, s])`), the same rows on both sides.
 
 Ours: `leeroo_jax.training.step.train_step` on the model and `nnx.Optimizer(optim.make(..))`
-that `loop.Trainer` builds (its code, not a copy), state donated, dropout key fold_in(key, s);
-the inputs of each step made by `Feed` below: the same batch and key values as loop.fit's
-loop body, with less host work (no per-array device_put, a jitted fold_in; see Feed).
-loop.fit's own loop body (trainer.batch(s), eager jax.random.fold_in) is timed alongside
-as a context line. Steps are dispatched asynchronously; a timed call of --steps-per-call
+that `loop.Trainer` builds (its code, not a copy), state donated, fed exactly as loop.fit
+feeds it: trainer.batch(s) and the jitted step.step_key(key, s) (see Feed; an earlier
+per-array device_put and an eager fold_in cost 0.7 ms a step of host work, which on 2 cores
+competes with the ~0.8 ms step itself). Steps are dispatched asynchronously; a timed call of --steps-per-call
 steps ends by blocking on the state (a loop that reads its loss every few steps).
 Baseline: `TorchHead` below, Head.__call__'s math in a torch `nn.Module`, f32 on CPU with
 2 threads (BENCH_THREADS), `torch.optim.AdamW(fused=True)` (the same betas, eps, decoupled
@@ -189,50 +188,29 @@ def host_batch(trainer, s: int) -> dict[str, np.ndarray]:
 
 def ours_steps(trainer, first_step: int, n: int, feed=None):
     """Steps first_step .. first_step + n - 1 of train_step; feed(trainer, s) -> (batch, dropout
-    key) of step s, by default loop.fit's (trainer.batch(s), jax.random.fold_in(key, s)).
+    key) of step s, by default loop.fit's (Feed).
     Returns the last metrics, not blocked on."""
-    import jax
-
     from leeroo_jax.training import step
 
     metrics = None
     for s in range(first_step, first_step + n):
-        batch, key = feed(trainer, s) if feed else (trainer.batch(s), jax.random.fold_in(trainer.key, s))
+        batch, key = (feed or Feed(trainer))(trainer, s)
         trainer.state, metrics = step.train_step(trainer.graphdef, trainer.state, batch, key)
     return metrics
 
 
 class Feed:
-    """The inputs of step s with loop.fit's values (the same batch, the same dropout key) but
-    less host work a step, which on 2 cores competes with the step itself for a core:
-
-      - the batch: the host gather (host_batch, the same one torch's side does), then on a
-        one-device mesh the NumPy dict as is, which the jitted step's C++ path copies in
-        (~0.1 ms); on a larger mesh ONE jax.device_put of the dict onto the batch shardings,
-        computed once. loop.fit's trainer.batch(s) places it with sharding.shard_batch: a
-        device_put per array, each building its sharding (~0.5 ms a batch here);
-      - the dropout key: a jitted fold_in, one dispatch (~0.02 ms) instead of
-        jax.random.fold_in's several eager ops (~0.2 ms).
-    Single-process only (shard_batch's multi-host path assembles global arrays instead)."""
+    """The inputs of step s exactly as loop.fit makes them: trainer.batch(s) (the host gather,
+    then sharding.shard_batch: the NumPy tree as is on one device, one device_put on a mesh)
+    and the jitted step.step_key(key, s)."""
 
     def __init__(self, trainer):
-        import jax
-
-        from leeroo_jax import sharding
-
-        mesh = getattr(trainer, "mesh", None)
-        shapes = host_batch(trainer, 0)
-        self.shardings = None
-        if mesh is not None and mesh.size > 1:
-            self.shardings = {k: sharding.batch_sharding(mesh, v.ndim) for k, v in shapes.items()}
-        self.fold_in = jax.jit(jax.random.fold_in)
+        del trainer
 
     def __call__(self, trainer, s: int):
-        import jax
+        from leeroo_jax.training import step
 
-        hb = host_batch(trainer, s)
-        batch = hb if self.shardings is None else jax.device_put(hb, self.shardings)
-        return batch, self.fold_in(trainer.key, s)
+        return trainer.batch(s), step.step_key(trainer.key, s)
 
 
 def torch_steps(ref: TorchTrainer, trainer, first_step: int, n: int):
@@ -326,13 +304,13 @@ def main() -> None:
           f"({'OK' if ok else 'FAIL'})", flush=True)
 
     # ---- timing: each side from the default config's init, dropout 0.3, steps 0, 1, 2, ... ----
-    # "ours": train_step fed by Feed; "ours_fit": fed by loop.fit's own loop body (context).
-    trainer, trainer_fit = make_trainer(cfg, data, vecs, side), make_trainer(cfg, data, vecs, side)
+    # "ours": train_step fed as loop.fit feeds it (Feed)
+    trainer = make_trainer(cfg, data, vecs, side)
     torch_.manual_seed(t.seed)  # torch's dropout masks: reproducible from run to run, as ours are
     ref = TorchTrainer(head_params(trainer), t.dropout, trainer.opt_cfg)
     feed = Feed(trainer)
     k = args.steps_per_call
-    done = {"ours": 0, "ours_fit": 0, "torch": 0}
+    done = {"ours": 0, "torch": 0}
 
     def advance(name):
         s = done[name]
@@ -346,8 +324,7 @@ def main() -> None:
         return m
 
     calls = {"torch": lambda: torch_steps(ref, trainer, advance("torch"), k),
-             "ours": lambda: ours_call("ours", trainer, feed),
-             "ours_fit": lambda: ours_call("ours_fit", trainer_fit, None)}
+             "ours": lambda: ours_call("ours", trainer, feed)}
     t0 = time.perf_counter()
     with mesh_of(trainer):
         jax.block_until_ready(ours_steps(trainer, 0, 1, feed))  # compile (or load from the persistent cache)
@@ -356,14 +333,12 @@ def main() -> None:
         call()
     timed = common.time_batches({name: [call] * args.calls for name, call in calls.items()}, args.repeats)
     n = args.calls * k
-    t_torch, t_ours, t_fit = timed["torch"][0], timed["ours"][0], timed["ours_fit"][0]
+    t_torch, t_ours = timed["torch"][0], timed["ours"][0]
     print(f"ours: compile (or persistent-cache load) + first step {t_compile:.1f} s, excluded")
     print(f"baseline: torch f32 {torch_.get_num_threads()} threads, fused AdamW: {n} steps in {t_torch:.3f} s, "
           f"{1e3 * t_torch / n:.3f} ms/step; last loss {float(timed['torch'][1][-1]):.4f}")
-    print(f"ours: jax f32, bench Feed: {n} steps in {t_ours:.3f} s, {1e3 * t_ours / n:.3f} ms/step; "
+    print(f"ours: jax f32, fed as loop.fit feeds it: {n} steps in {t_ours:.3f} s, {1e3 * t_ours / n:.3f} ms/step; "
           f"last loss {float(timed['ours'][1][-1]['loss']):.4f}")
-    print(f"context: ours fed by loop.fit's loop body (trainer.batch + eager fold_in): {1e3 * t_fit / n:.3f} ms/step, "
-          f"{n / t_fit:.1f} steps/s, ratio {t_torch / t_fit:.2f}")
     common.result("train_step", n / t_ours, n / t_torch, "steps/s")
 
 

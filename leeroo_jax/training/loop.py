@@ -68,7 +68,7 @@ def _train(cfg, trainer: Trainer, ckpt: Checkpointer, out: pathlib.Path, start: 
         for s in tqdm(range(start, t.steps), initial=start, total=t.steps, desc="train",
                       disable=not distributed.is_main_process()):
             trainer.state, metrics = step.train_step(trainer.graphdef, trainer.state, trainer.batch(s),
-                                                     jax.random.fold_in(trainer.key, s))
+                                                     step.step_key(trainer.key, s))
             done = s + 1
             if done % t.log_every == 0 or done == t.steps:
                 writer.write(done, {"loss": metrics["loss"], "grad_norm": metrics["grad_norm"],
