@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from leeroo_jax import sharding
 from leeroo_jax.data import mmlu
 from leeroo_jax.errors import ConfigError
 from leeroo_jax.eval import baselines
@@ -125,12 +126,16 @@ def route_questions(run: Run, questions: list[mmlu.Question], budget: select.Bud
     avail = jnp.ones(len(run.data.pool), bool)
     per_query = budget if budget.mode != "batch_budget" else select.Budget.tradeoff(0.0)
     p, choice = np.empty(cost.shape, np.float32), np.empty(len(questions), np.int32)
+    mesh = run.trainer.mesh
+    batch_size = -(-batch_size // run.trainer.n_data) * run.trainer.n_data  # splits over the data axes
     order = np.argsort(table.lengths, kind="stable")
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         tokens, attn = table.pack(idx, batch_size)  # fixed batch: one program per length bucket
         pad = lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - len(idx), 0)])  # noqa: E731
-        pb, sel = score(graphdef, state, tokens, attn, pad(side[idx]), pad(cost[idx]), avail, per_query)
+        batch = sharding.shard_batch((tokens, attn, pad(side[idx]), pad(cost[idx])), mesh)  # tables stay replicated
+        with jax.set_mesh(mesh):
+            pb, sel = score(graphdef, state, *batch, avail, per_query)
         p[idx], choice[idx] = np.asarray(pb)[: len(idx)], np.asarray(sel.choice)[: len(idx)]
     if budget.mode == "batch_budget":
         choice = np.asarray(select.select(jnp.asarray(p), jnp.asarray(cost), avail, budget).choice)
