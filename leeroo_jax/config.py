@@ -79,6 +79,10 @@ def absl_main(config_flag, check_fn, job_fn):
     def main(argv) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.<key>=<value>")
+        from absl import flags, logging
+
+        if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO; -v 0 brings it back
+            logging.set_verbosity(logging.WARNING)
         run_main(run)
 
     return main
