@@ -154,3 +154,38 @@ def test_layer_decay_scales_each_layer_step():
     step_per_layer = np.abs(np.asarray(enc.layers.w_in[...]) - w0).reshape(3, -1).max(1)
     # with a constant gradient Adam's step is the lr: layer l moves lr * 0.5 * 0.5 ** (2 - l)
     np.testing.assert_allclose(step_per_layer, 1e-2 * 0.5 * np.array([0.25, 0.5, 1.0]), rtol=1e-4)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    """accumulate=2: odd micro-steps leave the weights alone, even ones apply the mean gradient,
+    landing where one step on the two micro-batches together lands. (Two updates: the
+    warmup schedule's first update has lr 0.)"""
+    rng = np.random.default_rng(3)
+    micro = [_token_batch(rng, 4) for _ in range(4)]
+    big = [{k: np.concatenate([micro[i][k], micro[i + 1][k]]) for k in micro[0]} for i in (0, 2)]
+
+    def build(acc):
+        model = Orchestrator(Head(HeadConfig(D, E, P, hidden=16, dropout=0.0), rngs=nnx.Rngs(0)), _encoder(2))
+        cfg = optim.OptimConfig(lr=1e-2, warmup_steps=1, total_steps=10, num_layers=2, accumulate=acc)
+        return nnx.split((model, nnx.Optimizer(model, optim.make(cfg), wrt=nnx.Param)))
+
+    def params(graphdef, state):
+        return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(nnx.merge(graphdef, state)[0], nnx.Param)))
+
+    g, s = build(2)
+    p0 = params(g, s)
+    for i, b in enumerate(micro):
+        s, _ = step.train_step(g, s, b, jax.random.key(i))
+        if i == 2:  # one micro-step into the second update: still the first update's weights
+            p_mid = params(g, s)
+    g1, s1 = build(1)
+    for i, b in enumerate(big):
+        s1, _ = step.train_step(g1, s1, b, jax.random.key(i))
+        if i == 0:
+            p_big0 = params(g1, s1)
+    moved = 0.0
+    for a, b, mid, b0, c in zip(*map(jax.tree.leaves, (params(g, s), params(g1, s1), p_mid, p_big0, p0))):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(mid, b0, rtol=1e-5, atol=1e-7)
+        moved = max(moved, float(np.abs(b - c).max()))
+    assert moved > 1e-4
