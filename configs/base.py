@@ -59,6 +59,7 @@ def get_config():
     c.train.last_k = 2  # last_k mode: how many top backbone layers learn
     c.train.backbone_lr_scale = 0.05  # backbone lr = this x lr (fine-tuning modes)
     c.train.layer_decay = 1.0  # and x layer_decay per layer below the top
+    c.train.init_head_from = ""  # a run directory whose best head starts this run (fine-tuning after frozen)
     c.train.accumulate = 1  # gradient accumulation: optimizer updates every `accumulate` steps
     c.train.seed = 0
     c.train.steps = 300

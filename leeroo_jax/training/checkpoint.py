@@ -46,6 +46,16 @@ class Checkpointer:
                                                               meta=ocp.args.JsonRestore()))
         return out.state, out.meta
 
+    def restore_as_saved(self, step: int) -> tuple[Any, dict]:
+        """(state, meta) of a checkpoint whose structure the caller does not have (another run's):
+        the target is read from the checkpoint's own metadata; arrays land on the default device."""
+        meta = ocp.StandardCheckpointer().metadata(pathlib.Path(self.mgr.directory) / str(step) / "state")
+        tree = getattr(meta, "item_metadata", meta)
+        tree = getattr(tree, "tree", tree)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree,
+                                is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+        return self.restore(step, abstract)
+
     def wait(self) -> None:
         self.mgr.wait_until_finished()
 

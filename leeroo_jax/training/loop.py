@@ -41,6 +41,8 @@ def fit(cfg, trainer: Trainer, out: pathlib.Path) -> Trainer:
         nnx.replace_by_pure_dict(trainer.state, restored)
         start = meta["step"]
         print(f"resumed from step {start}")
+    elif t.init_head_from:
+        warm_start_head(trainer, t.init_head_from)
     with jax.set_mesh(trainer.mesh):
         _train(cfg, trainer, ckpt, out, start)
     ckpt.wait()
@@ -51,6 +53,27 @@ def fit(cfg, trainer: Trainer, out: pathlib.Path) -> Trainer:
         print(f"best VAL checkpoint: step {best}")
     ckpt.close()
     return trainer
+
+
+def warm_start_head(trainer: Trainer, run_dir: str) -> None:
+    """Start from the head of another run's best checkpoint (e.g. a frozen-mode run, before
+    fine-tuning the backbone under it: a fresh head on a moving backbone starts from noise)."""
+    from leeroo_jax.errors import ConfigError
+
+    src = Checkpointer(pathlib.Path(run_dir) / "ckpt")
+    step = src.best_step() or src.latest_step()
+    if step is None:
+        raise ConfigError(f"config.train.init_head_from={run_dir!r} holds no checkpoint; pass a finished run directory")
+    restored, _ = src.restore_as_saved(step)
+    src.close()
+    head = nnx.to_pure_dict(trainer.state[0]["head"])
+    got = restored["0"]["head"]
+    for k, v in head.items():
+        if k not in got or got[k].shape != v.shape:
+            raise ConfigError(f"config.train.init_head_from: head weight {k} {getattr(got.get(k), 'shape', None)} does not "
+                              f"match this run's {v.shape}; use a run with the same pool, hidden and side features")
+    nnx.replace_by_pure_dict(trainer.state[0]["head"], jax.device_put(got, jax.tree.map(lambda x: x.sharding, head)))
+    print(f"head initialised from {run_dir} step {step}")
 
 
 def _train(cfg, trainer: Trainer, ckpt: Checkpointer, out: pathlib.Path, start: int) -> None:

@@ -90,3 +90,22 @@ def test_last_k_run_trains_only_the_top_layers(tmp_path, minilm_path):
         same = np.array_equal(np.asarray(bb["layers"]["b_out"])[i], pretrained)
         assert same == (i < 4), i
     assert (tmp_path / "tiny" / "report.json").exists()
+
+
+def test_warm_start_copies_the_head_and_checks_its_shape(uninterrupted, tmp_path):
+    """init_head_from: a last_k run starting from the frozen run's best head scores VAL as that
+    run did before its first update (the warmup's lr is 0 at step 0); a head of another
+    shape is a one-line error."""
+    proc = _train(tmp_path, "--config.train.mode=last_k", "--config.train.steps=1", "--config.train.eval_every=1",
+                  f"--config.train.init_head_from={uninterrupted}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "head initialised from" in proc.stdout
+    src = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+    best = max(m["val_aiq"] for m in src if "val_aiq" in m)
+    got = [json.loads(line) for line in (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["val_aiq"] for m in got if "val_aiq" in m] == pytest.approx([best], abs=2e-3)
+
+    bad = _train(tmp_path / "bad", "--config.train.hidden=32", f"--config.train.init_head_from={uninterrupted}")
+    assert bad.returncode == 2
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: config.train.init_head_from: head weight") and "does not match" in last
