@@ -39,6 +39,33 @@ def bucket_for(n: int, step: int, max_length: int) -> int:
     return min(-(-n // step) * step, max_length)
 
 
+class TokenTable:
+    """Every question tokenized once; `pack(rows)` -> tokens, attn [n, T] with T the smallest
+    multiple of `bucket_step` that holds the longest row (a few compiled programs per run)."""
+
+    def __init__(self, seqs: Sequence[Sequence[int]], pad_id: int, left_pad: bool, max_length: int,
+                 bucket_step: int = 32):
+        self.seqs = [list(s[:max_length]) for s in seqs]
+        self.lengths = np.array([len(s) for s in self.seqs])
+        self.pad_id, self.left_pad, self.max_length, self.bucket_step = pad_id, left_pad, max_length, bucket_step
+
+    def sort_by_length(self, rows: np.ndarray) -> np.ndarray:
+        return rows[np.argsort(self.lengths[rows], kind="stable")]
+
+    def pack(self, rows: np.ndarray, pad_rows_to: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """[n', T] int32 tokens and attention mask; n' = len(rows) rounded up to `pad_rows_to`
+        (all-padding rows at the end, so a batch splits evenly over the data axes)."""
+        t = bucket_for(int(self.lengths[rows].max()), self.bucket_step, self.max_length)
+        n = -(-len(rows) // pad_rows_to) * pad_rows_to
+        tokens = np.full((n, t), self.pad_id, np.int32)
+        attn = np.zeros((n, t), np.int32)
+        for i, r in enumerate(rows):
+            s = self.seqs[r]
+            sl = slice(t - len(s), t) if self.left_pad else slice(0, len(s))
+            tokens[i, sl], attn[i, sl] = s, 1
+        return tokens, attn
+
+
 class Backbone:
     """Pooled vectors [N, D] (f32) for texts; `encode` is the whole batched pipeline."""
 
@@ -60,27 +87,18 @@ class Backbone:
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
 
-    def _pack(self, seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """[batch_size, bucket] tokens and mask; rows past len(seqs) are all padding."""
-        t = bucket_for(max(len(s) for s in seqs), self.bucket_step, self.max_length)
-        tokens = np.full((self.batch_size, t), self.pad_id, np.int32)
-        mask = np.zeros((self.batch_size, t), np.int32)
-        for i, s in enumerate(seqs):
-            s = s[:t]
-            if self.decoder:  # left padding: the last real token is the last column
-                tokens[i, t - len(s):], mask[i, t - len(s):] = s, 1
-            else:
-                tokens[i, :len(s)], mask[i, :len(s)] = s, 1
-        return tokens, mask
+    def token_table(self, texts: Sequence[str], bucket_step: int | None = None) -> TokenTable:
+        return TokenTable(self.tokenize(texts), self.pad_id, self.decoder, self.max_length,
+                          bucket_step or self.bucket_step)
 
     def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
-        seqs = self.tokenize(texts)
-        order = np.argsort([len(s) for s in seqs], kind="stable")
+        table = self.token_table(texts)
+        order = table.sort_by_length(np.arange(len(texts)))
         out = np.empty((len(texts), self.dim), np.float32)
         pending = None  # (indices, device array): overlap host packing with device compute
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            tokens, mask = self._pack([seqs[i] for i in idx])
+            tokens, mask = table.pack(idx, self.batch_size)  # a fixed batch: one program per bucket
             vec = _pooled(self._graphdef, self._state, tokens, mask, self.pooling, self.normalize)
             if pending is not None:
                 out[pending[0]] = np.asarray(pending[1])[: len(pending[0])]

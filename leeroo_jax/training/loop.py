@@ -25,7 +25,7 @@ from leeroo_jax.eval import baselines
 from leeroo_jax.eval import report as report_lib
 from leeroo_jax.experts.pool import query_text
 from leeroo_jax.orchestrator import select
-from leeroo_jax.training import batches, optim, step
+from leeroo_jax.training import optim, step
 from leeroo_jax.training.checkpoint import Checkpointer, abstract_like
 from leeroo_jax.training.metrics_writer import MetricWriter
 from leeroo_jax.training.trainer import Trainer, make_mesh, side_features
@@ -140,8 +140,7 @@ def build(cfg, data: baselines.Prepared, vecs: np.ndarray) -> Trainer:
 
     loaded = load(config_lib.backbone_path(cfg.backbone.path), mesh)
     bb = Backbone(loaded, cfg.backbone.pooling, cfg.backbone.max_length)
-    table = batches.TokenTable(bb.tokenize([query_text(q) for q in data.questions]), bb.pad_id, bb.decoder,
-                               cfg.backbone.max_length)
+    table = bb.token_table([query_text(q) for q in data.questions], bucket_step=32)  # few programs to compile
     return Trainer(cfg, data, vecs, side, mesh, loaded, table)
 
 

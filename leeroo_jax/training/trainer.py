@@ -20,6 +20,7 @@ from leeroo_jax.errors import ConfigError
 from leeroo_jax.eval import baselines
 from leeroo_jax.eval import frontier as fr
 from leeroo_jax.orchestrator import features
+from leeroo_jax.orchestrator.backbone import TokenTable
 from leeroo_jax.orchestrator.model import Head, HeadConfig, Orchestrator
 from leeroo_jax.training import batches, optim, step
 from leeroo_jax.training.checkpoint import BEST_METRIC
@@ -50,9 +51,10 @@ class Trainer:
     Q questions) only in the fine-tuning modes."""
 
     def __init__(self, cfg, data: baselines.Prepared, vecs: np.ndarray, side: np.ndarray, mesh=None,
-                 backbone=None, tokens: batches.TokenTable | None = None):
+                 backbone=None, tokens: TokenTable | None = None):
         t = cfg.train
         self.cfg, self.data, self.vecs, self.side = cfg, data, vecs.astype(np.float32), side
+        self.backbone = backbone  # the Loaded checkpoint (tokenizer, config) in fine-tuning modes
         self.mesh = mesh if mesh is not None else make_mesh(cfg)
         self.n_data = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         if t.batch_size % self.n_data:
