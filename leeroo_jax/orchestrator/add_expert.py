@@ -22,6 +22,7 @@ pool and data.probes naming the probes file, ckpt/, the report on the eval split
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import json
 import pathlib
@@ -35,7 +36,6 @@ from flax import nnx
 from leeroo_jax.errors import ConfigError
 from leeroo_jax.eval import baselines
 from leeroo_jax.eval import report as report_lib
-from leeroo_jax.experts.pool import query_text
 from leeroo_jax.orchestrator import serve
 from leeroo_jax.training.checkpoint import Checkpointer
 
@@ -105,16 +105,17 @@ def run(cfg) -> dict:
     probes = _draw_probes(full, new_names, cfg.add_expert.probes, cfg.add_expert.seed)
     (out / "probes.json").write_text(json.dumps(probes, indent=1))
     new_cfg.data.probes = str((out / "probes.json").resolve())
-    known = baselines.prepare(new_cfg)  # the new experts' outcomes restricted to their probes
-    vecs = baselines.embed(new_cfg, [query_text(q) for q in known.questions])
+    # what prepare(new_cfg) gives from here on: the new experts' outcomes restricted to their probes
+    known = dataclasses.replace(full, observed=baselines.restrict_to_probes(
+        full.observed, full.questions, list(full.pool.names), probes))
+    vecs = base.vecs  # the same questions through the same backbone
     from leeroo_jax.training import loop
 
     trainer = loop.build(new_cfg, known, vecs)
 
     # copy every trained weight; the head grows by one expert row (and zero first-layer rows)
-    old = nnx.to_pure_dict(nnx.state(nnx.merge(base.trainer.graphdef, base.trainer.state)[0]))
-    model = nnx.merge(trainer.graphdef, trainer.state)[0]
-    new = nnx.to_pure_dict(nnx.state(model))
+    old = nnx.to_pure_dict(base.trainer.state[0])
+    new = nnx.to_pure_dict(trainer.state[0])
     e_old, p_side = len(base.data.pool), trainer.side.shape[-1]
 
     def graft(path, new_leaf):
@@ -125,7 +126,7 @@ def run(cfg) -> dict:
         if name in ("experts", "bias"):
             return jnp.concatenate([leaf, jnp.asarray(new_leaf)[e_old:]])
         if name == "w1":
-            d = model.head.cfg.query_dim + e_old * p_side
+            d = vecs.shape[1] + e_old * p_side  # [q ; side of the old experts] rows
             return jnp.concatenate([leaf[:d], jnp.zeros_like(new_leaf[d:])])
         raise ValueError(f"cannot grow parameter {'/'.join(map(str, path))} {leaf.shape} -> {new_leaf.shape}")
 

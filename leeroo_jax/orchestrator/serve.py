@@ -94,22 +94,22 @@ def score(graphdef, state, tokens_bt, attn_bt, side_bep, cost_be, available_e, b
 
 
 def scoring_model(run: Run) -> tuple[Orchestrator, object]:
-    """(model with its backbone attached, Backbone tokenizer helper)."""
+    """(model with its backbone attached, a Backbone used only to tokenize and bucket)."""
     from leeroo_jax import config as config_lib
     from leeroo_jax.orchestrator.backbone import Backbone
     from leeroo_jax.weights.loader import load
 
     model = nnx.merge(run.trainer.graphdef, run.trainer.state)[0]
-    loaded = load(config_lib.backbone_path(run.cfg.backbone.path), run.trainer.mesh)
-    if model.backbone is None:
+    loaded = run.trainer.backbone  # fine-tuning modes: the trainer loaded it (the trained weights are in model)
+    if model.backbone is None:  # a frozen-mode run stored only its head: attach the pretrained backbone
+        loaded = load(config_lib.backbone_path(run.cfg.backbone.path), run.trainer.mesh)
         model = Orchestrator(model.head, loaded.model, run.cfg.backbone.pooling)
     return model, Backbone(loaded, run.cfg.backbone.pooling, run.cfg.backbone.max_length)
 
 
-def route_questions(run: Run, questions: list[mmlu.Question], budget: select.Budget, batch_size: int = 64):
-    """(p [N, E], choice [N], cost [N, E]) for any questions, under `budget`."""
-    from leeroo_jax.training.batches import TokenTable
-
+def route_questions(run: Run, questions: list[mmlu.Question], cost: np.ndarray, budget: select.Budget,
+                    batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(p [N, E], choice [N]) for any questions with costs [N, E] (float32), under `budget`."""
     index = {q.id: i for i, q in enumerate(run.data.questions)}
     known = np.array([q.id in index for q in questions])
     rows = np.array([index.get(q.id, -1) for q in questions])
@@ -119,10 +119,9 @@ def route_questions(run: Run, questions: list[mmlu.Question], budget: select.Bud
         new = [q for q, k in zip(questions, known) if not k]
         vecs = baselines.embed(run.cfg, [query_text(q) for q in new])
         side[~known] = side_for(run, vecs, np.array([q.subject for q in new]))
-    cost = run.data.pool.costs(questions).astype(np.float32)
     model, bb = scoring_model(run)
     graphdef, state = nnx.split(model)
-    table = TokenTable(bb.tokenize([query_text(q) for q in questions]), bb.pad_id, bb.decoder, run.cfg.backbone.max_length)
+    table = bb.token_table([query_text(q) for q in questions], bucket_step=32)
     avail = jnp.ones(len(run.data.pool), bool)
     per_query = budget if budget.mode != "batch_budget" else select.Budget.tradeoff(0.0)
     p, choice = np.empty(cost.shape, np.float32), np.empty(len(questions), np.int32)
@@ -139,7 +138,7 @@ def route_questions(run: Run, questions: list[mmlu.Question], budget: select.Bud
         p[idx], choice[idx] = np.asarray(pb)[: len(idx)], np.asarray(sel.choice)[: len(idx)]
     if budget.mode == "batch_budget":
         choice = np.asarray(select.select(jnp.asarray(p), jnp.asarray(cost), avail, budget).choice)
-    return p, choice, cost
+    return p, choice
 
 
 def budget_from(cfg, cost: np.ndarray, names: list[str]) -> select.Budget:
@@ -159,9 +158,9 @@ def run_route(cfg) -> dict:
     else:  # the run's evaluation split
         questions = [run.data.questions[r] for r in run.data.rows(run.cfg.eval.split)]
     names = list(run.data.pool.names)
-    cost = run.data.pool.costs(questions)
+    cost = run.data.pool.costs(questions).astype(np.float32)  # what the kernel sees, and what is reported
     budget = budget_from(cfg, cost, names)
-    p, choice, cost = route_questions(run, questions, budget)
+    p, choice = route_questions(run, questions, cost, budget)
     index = {q.id: i for i, q in enumerate(run.data.questions)}
     lines, correct = [], []
     for i, q in enumerate(questions):
