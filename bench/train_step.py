@@ -179,9 +179,10 @@ def mesh_of(trainer):
 def host_batch(trainer, s: int) -> dict[str, np.ndarray]:
     """The rows of step s as NumPy, drawn as Trainer.batch draws them (default_rng([seed, s])),
     for torch: the baseline's data pipeline, a gather from the same host arrays."""
+    from leeroo_jax.training import batches
+
     t = trainer.cfg.train
-    rows = trainer.train_rows
-    idx = rows[np.random.default_rng([t.seed, s]).integers(0, len(rows), t.batch_size)]
+    idx = batches.uniform_rows(trainer.train_rows, t.batch_size, t.seed, s)
     return {"q": trainer.vecs[idx], "side": trainer.side[idx], "target": trainer.target[idx],
             "mask": trainer.data.observed[idx].astype(np.float32)}
 

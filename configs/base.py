@@ -78,3 +78,11 @@ def get_config():
     c.train.keep = 2  # checkpoints kept besides the best by VAL AIQ
     c.train.fault_at_step = 0  # tests only: SIGKILL the process right after this step (0 = never)
     return c
+
+
+def drop_expert(c, name: str):
+    """c without expert `name` in its pool (its recorded outcomes skipped): the sub-pool that
+    add_expert experiments train on before adding `name` back."""
+    c.pool = [e for e in c.pool if e["name"] != name]
+    c.data.extra_experts = "skip"
+    return c

@@ -27,7 +27,5 @@ def get_config(variant: str | None = None):
         return c
     if variant == "holdout":  # the pool without one 7B expert, for add_expert experiments
         c.run_name = "mmlu_holdout"
-        c.pool = [e for e in c.pool if e["name"] != HOLDOUT]
-        c.data.extra_experts = "skip"
-        return c
+        return base.drop_expert(c, HOLDOUT)
     raise ValueError(f"configs/mmlu.py has no variant {variant!r}; choose finetune or holdout")

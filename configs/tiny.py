@@ -2,13 +2,13 @@
 routers (they need the backbone), outputs under checkpoints/tiny."""
 
 from configs import base
+from configs.mmlu import HOLDOUT
 
 
 def get_config(variant: str | None = None):
     c = base.get_config()
     if variant == "holdout":  # without one 7B expert, for the add_expert test
-        c.pool = [e for e in c.pool if e["name"] != "HuggingFaceH4/zephyr-7b-beta"]
-        c.data.extra_experts = "skip"
+        base.drop_expert(c, HOLDOUT)
     elif variant not in (None, ""):
         raise ValueError(f"configs/tiny.py has no variant {variant!r}")
     c.run_name = "tiny" if variant != "holdout" else "tiny_holdout"

@@ -28,8 +28,10 @@ def check(cfg) -> None:
         raise ConfigError(f"config.eval.knn_ks={tuple(cfg.eval.knn_ks)} must be positive integers")
     if cfg.job in ("route", "add_expert") and not cfg.checkpoint:
         raise ConfigError(f"config.job={cfg.job} needs --config.checkpoint=checkpoints/<run_name> (a training run)")
-    if cfg.route.mode not in ("cap", "tradeoff", "batch_budget", "quality"):
-        raise ConfigError(f"config.route.mode={cfg.route.mode!r}; choose cap, tradeoff, batch_budget or quality")
+    from leeroo_jax.orchestrator.select import MODES  # the kernel's budget modes
+
+    if cfg.route.mode not in MODES:
+        raise ConfigError(f"config.route.mode={cfg.route.mode!r}; choose one of {', '.join(MODES)}")
     if cfg.data.extra_experts not in ("error", "skip"):
         raise ConfigError(f"config.data.extra_experts={cfg.data.extra_experts!r}; choose error or skip")
     if cfg.backbone.batch_size <= 0 or cfg.backbone.max_length <= 0:
