@@ -36,7 +36,8 @@ def get_config():
     c.route = ml_collections.ConfigDict()
     c.route.questions = ""  # "" = the run's eval split; else a .jsonl(.gz), a Berkeley CSV dir or cais/mmlu
     c.route.mode = "batch_budget"  # cap | tradeoff | batch_budget | quality (orchestrator/select.py)
-    c.route.value = -1.0  # USD cap / mean USD budget, lam, or tau; < 0: the eval.weak expert's mean cost
+    c.route.value = "weak"  # a number (USD cap / mean USD budget, lam, or tau) or "weak" / "strong": that expert's mean cost
+    c.route.calibrate_on = ""  # "val": value is a target mean cost; fit the tradeoff lam / quality tau on VAL to meet it
     c.route.output = ""  # "" = <checkpoint>/route
 
     # score.py --config.job=add_expert: grow a trained run's pool (orchestrator/add_expert.py)

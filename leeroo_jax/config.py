@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 
-from leeroo_jax.errors import ConfigError
-from leeroo_jax.weights import assets
+from absl import app, flags, logging
+
+from leeroo_jax import compile_cache, distributed
+from leeroo_jax.errors import ConfigError, run_main
+from leeroo_jax.orchestrator.select import MODES
 
 JOBS = ("baselines", "route", "add_expert")
 TRAIN_MODES = ("frozen", "last_k", "full")
@@ -20,6 +24,9 @@ def check(cfg) -> None:
         raise ConfigError(f"config.eval.split={cfg.eval.split!r}; choose one of {', '.join(SPLITS)}")
     if cfg.backbone.pooling not in POOLINGS:
         raise ConfigError(f"config.backbone.pooling={cfg.backbone.pooling!r}; choose one of {', '.join(POOLINGS)}")
+    for i, e in enumerate(cfg.pool):
+        if not (e.get("name") if hasattr(e, "get") else None):
+            raise ConfigError(f"config.pool[{i}] has no name; give every expert a unique name")
     names = [e["name"] for e in cfg.pool]
     for field in ("weak", "strong"):
         if cfg.eval[field] not in names:
@@ -28,10 +35,10 @@ def check(cfg) -> None:
         raise ConfigError(f"config.eval.knn_ks={tuple(cfg.eval.knn_ks)} must be positive integers")
     if cfg.job in ("route", "add_expert") and not cfg.checkpoint:
         raise ConfigError(f"config.job={cfg.job} needs --config.checkpoint=checkpoints/<run_name> (a training run)")
-    from leeroo_jax.orchestrator.select import MODES  # the kernel's budget modes
-
     if cfg.route.mode not in MODES:
         raise ConfigError(f"config.route.mode={cfg.route.mode!r}; choose one of {', '.join(MODES)}")
+    if cfg.route.calibrate_on not in ("", "val"):
+        raise ConfigError(f"config.route.calibrate_on={cfg.route.calibrate_on!r}; choose '' (no calibration) or val")
     if cfg.data.extra_experts not in ("error", "skip"):
         raise ConfigError(f"config.data.extra_experts={cfg.data.extra_experts!r}; choose error or skip")
     if cfg.backbone.batch_size <= 0 or cfg.backbone.max_length <= 0:
@@ -54,22 +61,26 @@ def check_train(cfg) -> None:
         raise ConfigError(f"config.train.steps={t.steps} must be a multiple of accumulate={t.accumulate}")
 
 
-def backbone_path(name: str) -> str:
-    """Aliases for the fetched real weights; anything else is an HF dir or hub id."""
-    return {"minilm": str(assets.minilm_dir()), "smollm2": str(assets.smollm2_dir())}.get(name, name)
-
-
 def run_dir(cfg) -> pathlib.Path:
     return pathlib.Path(cfg.output_root) / cfg.run_name
 
 
-def absl_main(config_flag, check_fn, job_fn):
-    """The `main(argv)` of an absl entry point: validate the config, start jax (multi-host
-    aware, compile cache on), run `job_fn(cfg)`; a LeerooError exits 2 with one line."""
-    from absl import app
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad --config.<key> as one `error:` line and exit 2 (an
+    unknown key surfaces from ml_collections as a KeyError, which absl would print as a traceback)."""
+    try:
+        return flags.FLAGS(argv)
+    except KeyError as e:
+        msg = " ".join(str(e.args[0] if e.args else e).split())
+        print(f"error: unknown config key: {msg}; see configs/base.py for the keys", file=sys.stderr)
+    except (flags.Error, ValueError, TypeError) as e:
+        print(f"error: {' '.join(str(e).split())}; fix the flag's value", file=sys.stderr)
+    sys.exit(2)
 
-    from leeroo_jax import compile_cache, distributed
-    from leeroo_jax.errors import run_main
+
+def absl_run(config_flag, check_fn, job_fn) -> None:
+    """An absl entry point: parse flags (bad ones: one line), validate the config, start jax
+    (multi-host aware, compile cache on), run `job_fn(cfg)`; a LeerooError exits 2 with one line."""
 
     def run() -> None:
         cfg = config_flag.value
@@ -81,10 +92,8 @@ def absl_main(config_flag, check_fn, job_fn):
     def main(argv) -> None:
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}; settings go through --config.<key>=<value>")
-        from absl import flags, logging
-
         if not flags.FLAGS["verbosity"].present:  # Orbax logs every save at INFO; -v 0 brings it back
             logging.set_verbosity(logging.WARNING)
         run_main(run)
 
-    return main
+    app.run(main, flags_parser=_parse_flags)

@@ -13,28 +13,17 @@ Jobs:
 
 from __future__ import annotations
 
-from absl import app
 from ml_collections import config_flags
 
 from leeroo_jax import config as config_lib
+from leeroo_jax.jobs import add_expert, baselines, route
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mmlu.py", "job config", lock_config=True)
 
 
 def _job(cfg) -> None:
-    if cfg.job == "baselines":
-        from leeroo_jax.eval import baselines
-
-        baselines.run(cfg)
-    elif cfg.job == "route":
-        from leeroo_jax.orchestrator import serve
-
-        serve.run_route(cfg)
-    elif cfg.job == "add_expert":
-        from leeroo_jax.orchestrator import add_expert
-
-        add_expert.run(cfg)
+    {"baselines": baselines.run, "route": route.run_route, "add_expert": add_expert.run}[cfg.job](cfg)
 
 
 if __name__ == "__main__":
-    app.run(config_lib.absl_main(_CONFIG, config_lib.check, _job))
+    config_lib.absl_run(_CONFIG, config_lib.check, _job)

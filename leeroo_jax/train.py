@@ -8,19 +8,17 @@ frontier.png and routes.jsonl. Rerunning the same command resumes from the last 
 
 from __future__ import annotations
 
-from absl import app
 from ml_collections import config_flags
 
 from leeroo_jax import config as config_lib
+from leeroo_jax.jobs import train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mmlu.py", "training config", lock_config=True)
 
 
 def _job(cfg) -> None:
-    from leeroo_jax.training import loop
-
-    loop.run(cfg)
+    train.run(cfg)
 
 
 if __name__ == "__main__":
-    app.run(config_lib.absl_main(_CONFIG, config_lib.check_train, _job))
+    config_lib.absl_run(_CONFIG, config_lib.check_train, _job)

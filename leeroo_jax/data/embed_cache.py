@@ -1,4 +1,5 @@
-"""On-disk cache of backbone embeddings (tensorstore zarr3), keyed by backbone and text.
+"""On-disk cache of backbone embeddings (tensorstore zarr3), keyed by the backbone's content
+digest, its pooling and length, and the text.
 
 A frozen backbone maps each text to a fixed vector, so the embeddings of the 13,937 MMLU
 questions are computed once and every later run (training, kNN baselines, routing) reads
@@ -18,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorstore as ts
 
-from leeroo_jax.selfplay.records import _write_json_atomic
+from leeroo_jax import fileio
 
 
 def text_hash(text: str) -> str:
@@ -40,7 +41,7 @@ class EmbeddingCache:
             self.hashes = []
             self.vectors = ts.open(spec, create=True, delete_existing=True, dtype=ts.float32, shape=[0, dim],
                                    chunk_layout=ts.ChunkLayout(write_chunk_shape=[4096, dim])).result()
-            _write_json_atomic(self._manifest, {"key": key, "dim": dim, "hashes": []})
+            fileio.write_json(self._manifest, {"key": key, "dim": dim, "hashes": []})
         self.key, self.dim = key, dim
         self._row = {h: i for i, h in enumerate(self.hashes)}
 
@@ -55,7 +56,7 @@ class EmbeddingCache:
             self.vectors = self.vectors.resize(exclusive_max=[n + len(missing), self.dim]).result()
             self.vectors[n:n + len(missing)].write(new).result()
             self.hashes += missing
-            _write_json_atomic(self._manifest, {"key": self.key, "dim": self.dim, "hashes": self.hashes})
+            fileio.write_json(self._manifest, {"key": self.key, "dim": self.dim, "hashes": self.hashes})
             self._row.update({h: n + i for i, h in enumerate(missing)})
         all_rows = np.asarray(self.vectors[: len(self.hashes)].read().result())
         return all_rows[[self._row[h] for h in hashes]]

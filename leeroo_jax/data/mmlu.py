@@ -6,14 +6,14 @@ Sources, all yielding the same `Question` schema:
   * the original Berkeley CSV layout (`<dir>/test/*_test.csv`, or `<dir>/data/test/...`),
   * `cais/mmlu` on the Hugging Face hub through the `datasets` library, when online.
 
-Ids are recomputed from the text everywhere (`question_id`), so records from any source join.
+Ids are recomputed from the text everywhere (`question_id`), so records from any source join;
+the split of a question is a function of its id alone (`splits.py`).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import enum
 import gzip
 import hashlib
 import json
@@ -139,27 +139,6 @@ def load_questions(source: str | pathlib.Path = "vendored", split: str = "test",
             raise DataError(f"MMLU source {source} does not exist; pass 'vendored', a .jsonl file, a CSV dir or cais/mmlu")
     out = _dedupe(rows)
     return out[:limit] if limit is not None else out
-
-
-# --- splits --------------------------------------------------------------------------------
-
-
-class Split(enum.Enum):
-    TRAIN = "train"
-    VAL = "val"
-    TEST = "test"
-
-
-def split_of(qid: str, fully_graded: bool) -> Split:
-    """The project's fixed split: among questions graded for every expert of the pool, TEST when
-    int(id, 16) % 10 is 0-2 and VAL when 3; every other question is TRAIN."""
-    if fully_graded:
-        r = int(qid, 16) % 10
-        if r <= 2:
-            return Split.TEST
-        if r == 3:
-            return Split.VAL
-    return Split.TRAIN
 
 
 # --- prompts -------------------------------------------------------------------------------

@@ -1,7 +1,10 @@
-"""Evaluation reports: report.json, report.md (a table) and frontier.png.
+"""Evaluation reports: report.json, report.md (tables) and frontier.png.
 
-Costs are reported in USD per 1,000 queries. Every file is written to a temp name and
-renamed, so an interrupted job never leaves a half-written report.
+report.md leads with what a user can get (a budget fixed before outcomes: deployed at a batch
+budget, and lam calibrated on VAL, deployed.py), then the hindsight frontier summaries (AIQ
+and friends over the convex hull swept with the split's outcomes). Costs are reported in USD
+per 1,000 queries. Every file is written atomically (fileio), so an interrupted job never
+leaves a half-written report.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Mapping
 
 import numpy as np
 
+from leeroo_jax import fileio
+from leeroo_jax.errors import DataError
 from leeroo_jax.eval import frontier as fr
 
 PER_1K = 1000.0
@@ -51,37 +56,56 @@ def build(split: str, names: list[str], cost: np.ndarray, outcome: np.ndarray,
     }
 
 
-def _atomic_write(path: pathlib.Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _f(x, fmt="{:.4f}"):
+    return "—" if x is None else fmt.format(x)
+
+
+def headline(report: dict) -> list[str]:
+    """Deployed and VAL-calibrated rows (empty when the report has none)."""
+    routers = {n: r for n, r in report["routers"].items() if "deployed" in r}
+    if not routers:
+        return []
+    goals = list(next(iter(routers.values()))["deployed"])
+    head = "| router |" + "".join(f" deployed at {g}: acc | USD/1k |" for g in goals)
+    head += "".join(f" VAL-calibrated to {g}: acc | USD/1k | cost error |" for g in goals)
+    lines = [f"Budgets fixed before outcomes: *deployed* = batch budget (mean cost <= budget, lam* from predicted p "
+             f"and known costs); *VAL-calibrated* = lam fitted on {report.get('n_calibration', {}).get('val', '?')} VAL "
+             "questions to the target, then applied per query.", "", head,
+             "|---|" + "---:|" * (len(goals) * 5)]
+    for name, r in routers.items():
+        row = f"| {name} |"
+        row += "".join(f" {r['deployed'][g]['acc']:.4f} | {r['deployed'][g]['cost'] * PER_1K:.4f} |" for g in goals)
+        for g in goals:
+            c = r["calibrated"][g]
+            row += f" {c['acc']:.4f} | {c['cost'] * PER_1K:.4f} | {c['cost_error_pct']:+.1f}%{' (sat.)' if c['saturated'] else ''} |"
+        lines.append(row)
+    budgets = ", ".join(f"{g} = {v['budget'] * PER_1K:.4f} USD/1k" for g, v in next(iter(routers.values()))["deployed"].items())
+    return lines + ["", f"Targets: {budgets}.", ""]
 
 
 def markdown(report: dict, at: str, reach: str) -> str:
-    """A table: one row per router, AIQ, max accuracy, accuracy at `at`'s cost, cost ratio to `reach`."""
+    """Expert costs and accuracies, the headline (deployed / calibrated) table, then the
+    hindsight table: AIQ, max accuracy, accuracy at `at`'s cost, cost ratio to `reach`, APGR, CPT."""
     e = report["experts"]
-    lines = [
-        f"# {report['split'].upper()}: {report['n_questions']} questions, {len(e)} experts",
-        "",
-        "| expert | USD / 1k queries | accuracy |",
-        "|---|---:|---:|",
-    ]
+    title = f"# {report['split'].upper()}: {report['n_questions']} questions (graded by every evaluated expert), {len(e)} experts"
+    lines = [title, ""]
+    if report.get("excluded_experts"):
+        lines += [f"Not evaluated (no outcomes on this split): {', '.join(report['excluded_experts'])}.", ""]
+    lines += ["| expert | USD / 1k queries | accuracy |", "|---|---:|---:|"]
     lines += [f"| {n} | {v['cost_per_1k']:.4f} | {v['acc']:.4f} |" for n, v in sorted(e.items(), key=lambda kv: kv[1]["cost_per_1k"])]
+    lines += [""] + headline(report)
     weak, strong = report["weak_strong"]
     lines += [
+        "Hindsight frontier (lam swept with this split's outcomes, convex hull; not a point a user can pick in advance):",
         "",
         f"| router | AIQ | max acc | acc at {_short(at)} cost | cost / {_short(reach)} cost to match it "
         f"| APGR ({_short(weak)}→{_short(strong)}) | CPT(50%) | CPT(80%) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-
-    def f(x, fmt="{:.4f}"):
-        return "—" if x is None else fmt.format(x)
-
     for name, r in report["routers"].items():
         lines.append(
             f"| {name} | {r['aiq']:.4f} | {r['max_acc']:.4f} | {r['acc_at_cost_of'][at]:.4f} | "
-            f"{f(r['cost_ratio_to_acc_of'][reach], '{:.3f}×')} | {r['apgr']:.3f} | {f(r['cpt50'], '{:.1%}')} | {f(r['cpt80'], '{:.1%}')} |"
+            f"{_f(r['cost_ratio_to_acc_of'][reach], '{:.3f}×')} | {r['apgr']:.3f} | {_f(r['cpt50'], '{:.1%}')} | {_f(r['cpt80'], '{:.1%}')} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -108,8 +132,12 @@ def plot(report: dict, path: pathlib.Path) -> None:
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
+    try:
+        fig.savefig(tmp)
+    except PermissionError:
+        raise DataError(f"cannot write {path}: permission denied; choose a writable output directory") from None
+    finally:
+        plt.close(fig)
     os.replace(tmp, path)
 
 
@@ -117,8 +145,8 @@ def write(report: dict, out_dir: pathlib.Path, at: str, reach: str) -> str:
     """Write report.json, report.md and frontier.png; returns the markdown."""
     md = markdown(report, at, reach)
     js = json.dumps(report, indent=1, default=float)  # numpy scalars -> float; fails before any write
-    out_dir.mkdir(parents=True, exist_ok=True)
+    fileio.writable_dir(out_dir)
     plot(report, out_dir / "frontier.png")
-    _atomic_write(out_dir / "report.md", md.encode())
-    _atomic_write(out_dir / "report.json", js.encode())
+    fileio.write_text(out_dir / "report.md", md)
+    fileio.write_text(out_dir / "report.json", js)
     return md

@@ -9,6 +9,8 @@ padding) and decoders (Llama/Qwen2, left padding so the last token sits at the e
 from __future__ import annotations
 
 import functools
+import pathlib
+import time
 from typing import Callable, Sequence
 
 import jax
@@ -16,10 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from leeroo_jax.data.embed_cache import EmbeddingCache
+from leeroo_jax.errors import WeightsError
 from leeroo_jax.models import layers
 from leeroo_jax.models.decoder import Decoder
-from leeroo_jax.weights.loader import Loaded
-
+from leeroo_jax.weights import assets
+from leeroo_jax.weights.digest import content_digest
+from leeroo_jax.weights.loader import Loaded, load, read_hf_config, resolve
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
@@ -85,7 +90,13 @@ class Backbone:
         return self.loaded.config.hidden_size
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        vocab = self.loaded.config.vocab_size
+        top = max((max(s) for s in ids if s), default=-1)
+        if top >= vocab:  # an embedding lookup past the table gives NaN / garbage, silently
+            raise WeightsError(f"{self.loaded.path}: the tokenizer produces id {top} but the model's vocabulary has "
+                               f"{vocab} rows; pair the checkpoint with its own tokenizer files")
+        return ids
 
     def token_table(self, texts: Sequence[str], bucket_step: int | None = None) -> TokenTable:
         return TokenTable(self.tokenize(texts), self.pad_id, self.decoder, self.max_length,
@@ -108,3 +119,35 @@ class Backbone:
         if pending is not None:
             out[pending[0]] = np.asarray(pending[1])[: len(pending[0])]
         return out
+
+
+class Embedder:
+    """A frozen backbone as a cached text -> vector function (what `data.dataset.load` takes).
+
+    Vectors [N, D] f32 are cached on disk under the backbone's *content* digest, pooling and
+    max length, so a different checkpoint in a same-named folder never reads stale entries.
+    The backbone itself is loaded only when some text is missing from the cache.
+    """
+
+    def __init__(self, path: str, pooling: str = "mean", max_length: int = 256, batch_size: int = 16,
+                 cache_dir: str | None = None):
+        self.path = resolve(assets.backbone_path(path))
+        self.pooling, self.max_length, self.batch_size = pooling, max_length, batch_size
+        root = pathlib.Path(cache_dir) if cache_dir else assets.cache_root()
+        digest = content_digest(self.path, memo_dir=root)
+        self.key = f"{self.path.name}|{digest[:16]}|{pooling}|{max_length}"
+        self.dim = int(read_hf_config(self.path).hidden_size)
+        self.cache = EmbeddingCache(root / "embeddings", self.key, self.dim)
+
+    @classmethod
+    def from_config(cls, bb_cfg) -> "Embedder":
+        return cls(bb_cfg.path, bb_cfg.pooling, bb_cfg.max_length, bb_cfg.batch_size)
+
+    def _compute(self, texts: Sequence[str]) -> np.ndarray:
+        t0 = time.perf_counter()
+        vecs = Backbone(load(self.path), self.pooling, self.max_length, self.batch_size).encode(texts)
+        print(f"embedded {len(texts)} texts with {self.path.name} in {time.perf_counter() - t0:.0f}s")
+        return vecs
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        return self.cache.get(texts, self._compute)

@@ -1,12 +1,20 @@
-"""Side features of a query for the orchestrator head, computed from TRAIN records only.
+"""What TRAIN records say about a query: its neighbours' outcomes and its subject's prior.
 
-Retrieval features (the "retrieval-augmented" routers of the literature): for each query,
-each expert's mean graded outcome over the query's k nearest TRAIN questions in the
-backbone's embedding space, for a few k, plus each expert's subject prior. For a TRAIN
-query its own record is left out, so the features the head trains on are as uninformed
-about the query's own outcome as they will be for a new question.
+One implementation serves both the orchestrator head's side features and the reference
+routers (eval/routers.py), for questions inside the dataset and new ones alike:
 
-Shapes: vecs [Q, D] unit-norm embeddings; outcome/observed [Q, E]; returns [Q, F] float32.
+  neighbour_outcomes  each expert's mean graded outcome over the query's k nearest TRAIN
+                      questions (cosine), for a few k (the "retrieval-augmented" router)
+  subject_prior       each expert's TRAIN accuracy in the query's subject, shrunk toward its
+                      global TRAIN accuracy
+
+Both only count observed (query, expert) pairs: an ungraded pair never counts as a failure,
+and an expert no neighbour (no subject question) observed falls back to its global TRAIN
+accuracy. `self_index[i]` names query i's own row among the TRAIN rows (-1 when it is not a
+TRAIN question): that row is left out, so the features a head trains on are as uninformed
+about a query's own outcome as they will be for a new question.
+
+Shapes: query vecs [N, D]; train vecs [T, D], outcome / observed [T, E]; subjects [N] / [T].
 """
 
 from __future__ import annotations
@@ -15,53 +23,78 @@ import numpy as np
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float32)
+    x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def neighbour_outcomes(vecs: np.ndarray, train_rows: np.ndarray, outcome: np.ndarray, observed: np.ndarray,
-                       ks: tuple[int, ...], batch: int = 1024) -> np.ndarray:
-    """[Q, len(ks) * E]: per k, each expert's mean outcome over the k nearest TRAIN neighbours
-    that observed it (its TRAIN accuracy where none did). TRAIN queries exclude themselves."""
-    v = _unit(vecs)
-    tr = v[train_rows]
-    obs = observed[train_rows].astype(np.float32)
-    hit = (outcome[train_rows] * observed[train_rows]).astype(np.float32)
-    glob = hit.sum(0) / np.maximum(obs.sum(0), 1)
-    is_train = np.full(len(v), -1)
-    is_train[train_rows] = np.arange(len(train_rows))
-    kmax = max(ks)
-    out = np.empty((len(v), len(ks) * outcome.shape[1]), np.float32)
-    for s in range(0, len(v), batch):
-        sims = v[s:s + batch] @ tr.T  # [b, N_train]
-        self_idx = is_train[s:s + batch]
-        rows = np.flatnonzero(self_idx >= 0)
-        sims[rows, self_idx[rows]] = -np.inf  # leave-one-out
+def global_accuracy(outcome: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """[E] mean outcome over observed pairs."""
+    return (outcome * observed).sum(0) / np.maximum(observed.sum(0), 1)
+
+
+def _self(self_index: np.ndarray | None, n: int) -> np.ndarray:
+    return np.full(n, -1) if self_index is None else np.asarray(self_index)
+
+
+def neighbour_outcomes(query_vecs: np.ndarray, train_vecs: np.ndarray, outcome: np.ndarray, observed: np.ndarray,
+                       ks: tuple[int, ...], self_index: np.ndarray | None = None, batch: int = 1024) -> np.ndarray:
+    """[N, len(ks) * E] float32: per k (k-major), each expert's mean outcome over the k nearest
+    TRAIN neighbours that observed it (its global TRAIN accuracy where none did)."""
+    q, tr = _unit(query_vecs), _unit(train_vecs)
+    obs = observed.astype(np.float32)
+    hit = (outcome * observed).astype(np.float32)
+    glob = global_accuracy(hit, obs)
+    own = _self(self_index, len(q))
+    kmax = min(max(ks), len(tr) - 1)
+    out = np.empty((len(q), len(ks) * outcome.shape[1]), np.float32)
+    for s in range(0, len(q), batch):
+        sims = q[s:s + batch] @ tr.T  # [b, T]
+        own_b = own[s:s + batch]
+        rows = np.flatnonzero(own_b >= 0)
+        sims[rows, own_b[rows]] = -np.inf  # leave-one-out
         nn = np.argpartition(-sims, kth=kmax, axis=1)[:, :kmax + 1]
         order = np.take_along_axis(sims, nn, 1).argsort(1)[:, ::-1]
         nn = np.take_along_axis(nn, order, 1)[:, :kmax]  # [b, kmax] nearest first
         feats = []
         for k in ks:
-            n = obs[nn[:, :k]].sum(1)
+            n = obs[nn[:, :k]].sum(1)  # [b, E]
             feats.append(np.where(n > 0, hit[nn[:, :k]].sum(1) / np.maximum(n, 1), glob))
         out[s:s + batch] = np.concatenate(feats, axis=1)
     return out
 
 
-def subject_prior_loo(subjects: np.ndarray, train_rows: np.ndarray, outcome: np.ndarray, observed: np.ndarray,
-                      strength: float = 20.0) -> np.ndarray:
-    """[Q, E] shrunk per-subject TRAIN accuracy; a TRAIN query's own outcome is left out."""
+def subject_prior(query_subjects: np.ndarray, train_subjects: np.ndarray, outcome: np.ndarray, observed: np.ndarray,
+                  strength: float = 20.0, self_index: np.ndarray | None = None) -> np.ndarray:
+    """[N, E] float32: (hits_s + strength * acc_global) / (n_s + strength), hits_s and n_s over
+    the observed TRAIN pairs of the query's subject, less the query's own row."""
     obs = observed.astype(np.float64)
     hit = outcome * obs
-    in_train = np.zeros(len(subjects), bool)
-    in_train[train_rows] = True
-    glob = hit[in_train].sum(0) / np.maximum(obs[in_train].sum(0), 1)
-    out = np.empty(outcome.shape, np.float32)
-    for s in np.unique(subjects):
-        rows = subjects == s
-        tr = rows & in_train
-        n, h = obs[tr].sum(0), hit[tr].sum(0)
-        own_n = np.where(in_train[rows, None], obs[rows], 0)
-        own_h = np.where(in_train[rows, None], hit[rows], 0)
+    glob = global_accuracy(hit, obs)
+    own = _self(self_index, len(query_subjects))
+    out = np.empty((len(query_subjects), outcome.shape[1]), np.float32)
+    for s in np.unique(query_subjects):
+        rows = np.flatnonzero(query_subjects == s)
+        tr = train_subjects == s
+        n, h = obs[tr].sum(0), hit[tr].sum(0)  # [E]
+        mine = own[rows]
+        in_tr = mine >= 0
+        own_n = np.where(in_tr[:, None], obs[np.maximum(mine, 0)], 0)  # [r, E]
+        own_h = np.where(in_tr[:, None], hit[np.maximum(mine, 0)], 0)
         out[rows] = (h - own_h + strength * glob) / (n - own_n + strength)
     return out
+
+
+def side_features(query_vecs: np.ndarray, query_subjects: np.ndarray, train_vecs: np.ndarray,
+                  train_subjects: np.ndarray, outcome: np.ndarray, observed: np.ndarray, ks: tuple[int, ...],
+                  prior: bool, strength: float, self_index: np.ndarray | None = None) -> np.ndarray:
+    """[N, E, P] float32 side features of the head: one [N, E] slice per k, then the prior."""
+    e = outcome.shape[1]
+    cols = []
+    if ks:
+        knn = neighbour_outcomes(query_vecs, train_vecs, outcome, observed, ks, self_index)
+        cols += [knn[:, i * e:(i + 1) * e] for i in range(len(ks))]
+    if prior:
+        cols.append(subject_prior(query_subjects, train_subjects, outcome, observed, strength, self_index))
+    if not cols:
+        return np.zeros((len(query_vecs), e, 0), np.float32)
+    return np.stack(cols, axis=-1).astype(np.float32)

@@ -154,6 +154,19 @@ def _batch_lambda(p, c, avail, mean_budget):
     return lax.bitcast_convert_type(hi, jnp.float32)
 
 
+@jax.jit
+def batch_lambda(p, cost, available, mean_budget) -> jax.Array:
+    """The batch-budget multiplier lam*: the smallest float32 lam >= 0 whose `tradeoff` choice
+    (argmax p - lam*cost, ties to the cheaper) has mean cost <= mean_budget over the batch.
+
+    p, cost: [B, E]; available: [E] or [B, E] bool; mean_budget: scalar (USD per query).
+    Returns a float32 scalar; FLT_MAX when no lam fits (the cheapest expert everywhere).
+    `select(.., Budget.batch_budget(B))` is `select(.., Budget.tradeoff(batch_lambda(.., B)))`.
+    """
+    return _batch_lambda(jnp.asarray(p, jnp.float32), jnp.asarray(cost, jnp.float32),
+                         jnp.asarray(available, bool), jnp.asarray(mean_budget, jnp.float32))
+
+
 def _best(p, c, cand, cheapest):
     """(found, p, cost) [B] of the best candidate of each row: the highest p, then cheaper;
     or with `cheapest`, the lowest cost, then higher p. cand: [B, E] bool."""

@@ -8,6 +8,8 @@ sharded state, so every array comes back on the sharding the live state would ha
 
 from __future__ import annotations
 
+import hashlib
+import json
 import pathlib
 from typing import Any
 
@@ -15,7 +17,42 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from leeroo_jax.errors import ConfigError
+
 BEST_METRIC = "val_aiq"
+
+# The config fields that define what a checkpoint's state *is*: resuming under other values
+# would load weights of another shape or meaning (another pool, head, backbone, mode or seed).
+# Schedules (steps, lr, eval cadence) may change between resumes; these may not.
+IDENTITY_FIELDS = ("backbone.path", "backbone.pooling", "backbone.max_length", "train.mode", "train.last_k",
+                   "train.hidden", "train.side_knn", "train.side_prior", "train.seed", "train.batch_size",
+                   "eval.subject_strength")
+
+
+def identity(cfg) -> dict:
+    """{"pool": [names], field: value for IDENTITY_FIELDS, "digest": sha256 of the rest}."""
+    out: dict[str, Any] = {"pool": [e["name"] for e in cfg.pool]}
+    for field in IDENTITY_FIELDS:
+        group, key = field.split(".")
+        v = cfg[group][key]
+        out[field] = list(v) if isinstance(v, (tuple, list)) else v
+    out["digest"] = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:16]
+    return out
+
+
+def check_identity(meta: dict, cfg, where) -> None:
+    """One-line ConfigError naming the first field where `cfg` differs from the checkpoint's."""
+    saved = meta.get("config")
+    if not saved:
+        return  # written before checkpoints carried their config
+    mine = identity(cfg)
+    if saved.get("digest") == mine["digest"]:
+        return
+    for field in ("pool", *IDENTITY_FIELDS):
+        if saved.get(field) != mine[field]:
+            name = "config.pool (expert names)" if field == "pool" else f"config.{field}"
+            raise ConfigError(f"{where} was trained with {name}={saved.get(field)!r} but this config has {mine[field]!r}; "
+                              "resume with the run's own config, or start a new run (--config.run_name=...)")
 
 
 class Checkpointer:
@@ -29,6 +66,10 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=async_save,
                                                  best_fn=lambda m: m[BEST_METRIC], best_mode="max"),
         )
+
+    @property
+    def directory(self) -> pathlib.Path:
+        return pathlib.Path(self.mgr.directory)
 
     def latest_step(self) -> int | None:
         return self.mgr.latest_step()
@@ -45,6 +86,10 @@ class Checkpointer:
         out = self.mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                               meta=ocp.args.JsonRestore()))
         return out.state, out.meta
+
+    def meta(self, step: int) -> dict:
+        """The loop metadata of a checkpoint (step, seed, config identity), without its arrays."""
+        return self.mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
     def restore_as_saved(self, step: int) -> tuple[Any, dict]:
         """(state, meta) of a checkpoint whose structure the caller does not have (another run's):

@@ -16,29 +16,28 @@ import numpy as np
 from flax import nnx
 
 from leeroo_jax import sharding
+from leeroo_jax.data.dataset import Dataset
 from leeroo_jax.errors import ConfigError
-from leeroo_jax.eval import baselines
-from leeroo_jax.eval import frontier as fr
 from leeroo_jax.orchestrator import features
-from leeroo_jax.orchestrator.backbone import TokenTable
+from leeroo_jax.orchestrator.backbone import Backbone, TokenTable
 from leeroo_jax.orchestrator.model import Head, HeadConfig, Orchestrator
 from leeroo_jax.training import batches, optim, step
-from leeroo_jax.training.checkpoint import BEST_METRIC
+from leeroo_jax.weights import assets
+from leeroo_jax.weights.loader import load
 
-MODES = ("frozen", "last_k", "full")
 
-
-def side_features(cfg, data: baselines.Prepared, vecs: np.ndarray) -> np.ndarray:
-    """[Q, E, P] side features from TRAIN records (leave-one-out for TRAIN queries)."""
-    tr, e = data.rows("train"), len(data.pool)
-    cols = []
-    ks = tuple(int(k) for k in cfg.train.side_knn)
-    if ks:
-        knn = features.neighbour_outcomes(vecs, tr, data.outcome, data.observed, ks)
-        cols += [knn[:, i * e:(i + 1) * e] for i in range(len(ks))]
-    if cfg.train.side_prior:
-        cols.append(features.subject_prior_loo(data.subjects, tr, data.outcome, data.observed, cfg.eval.subject_strength))
-    return np.stack(cols, axis=-1).astype(np.float32) if cols else np.zeros((len(vecs), e, 0), np.float32)
+def side_features(cfg, ds: Dataset, vecs: np.ndarray | None = None, subjects: np.ndarray | None = None) -> np.ndarray:
+    """[N, E, P] side features from TRAIN records: of the dataset's own questions (TRAIN ones
+    leave themselves out) or, given `vecs` [N, D] and `subjects` [N], of new questions."""
+    tr = ds.rows("train")
+    self_index = None
+    if vecs is None:
+        vecs, subjects = ds.vecs, ds.subjects
+        self_index = np.full(len(ds.questions), -1)
+        self_index[tr] = np.arange(len(tr))
+    return features.side_features(vecs, subjects, ds.vecs[tr], ds.subjects[tr], ds.outcome[tr], ds.observed[tr],
+                                  tuple(int(k) for k in cfg.train.side_knn), bool(cfg.train.side_prior),
+                                  float(cfg.eval.subject_strength), self_index)
 
 
 def make_mesh(cfg) -> jax.sharding.Mesh:
@@ -46,13 +45,14 @@ def make_mesh(cfg) -> jax.sharding.Mesh:
 
 
 class Trainer:
-    """vecs [Q, D] frozen embeddings (the head's input in frozen mode, the kNN space always);
-    side [Q, E, P]; backbone (a weights.loader.Loaded) and tokens (a TokenTable over the same
-    Q questions) only in the fine-tuning modes."""
+    """data.vecs [Q, D]: frozen embeddings (the head's input in frozen mode, the kNN space
+    always); side [Q, E, P]; backbone (a weights.loader.Loaded) and tokens (a TokenTable over
+    the same Q questions) only in the fine-tuning modes. Only TRAIN rows are ever batched."""
 
-    def __init__(self, cfg, data: baselines.Prepared, vecs: np.ndarray, side: np.ndarray, mesh=None,
-                 backbone=None, tokens: TokenTable | None = None):
+    def __init__(self, cfg, data: Dataset, side: np.ndarray, mesh=None, backbone=None,
+                 tokens: TokenTable | None = None):
         t = cfg.train
+        vecs = data.vecs
         self.cfg, self.data, self.vecs, self.side = cfg, data, vecs.astype(np.float32), side
         self.backbone = backbone  # the Loaded checkpoint (tokenizer, config) in fine-tuning modes
         self.mesh = mesh if mesh is not None else make_mesh(cfg)
@@ -117,8 +117,14 @@ class Trainer:
             out[sel] = np.asarray(step.predict(self.graphdef, state or self.state, batch))[: len(sel)]
         return out
 
-    def val_metrics(self) -> dict:
-        rows = self.data.rows("val")
-        cost, outcome = self.data.cost[rows], self.data.outcome[rows]
-        summ = fr.summarize(fr.sweep(self.predict(rows), cost, outcome), list(self.data.pool.names), cost, outcome)
-        return {BEST_METRIC: summ.aiq, "val_acc_at_weak_cost": summ.acc_at_cost_of[self.cfg.eval.weak]}
+
+def build(cfg, data: Dataset) -> Trainer:
+    """The Trainer for cfg.train.mode (data.vecs set), loading the backbone in fine-tuning modes."""
+    mesh = make_mesh(cfg)
+    side = side_features(cfg, data)
+    if cfg.train.mode == "frozen":
+        return Trainer(cfg, data, side, mesh)
+    loaded = load(assets.backbone_path(cfg.backbone.path), mesh)
+    bb = Backbone(loaded, cfg.backbone.pooling, cfg.backbone.max_length)
+    table = bb.token_table(data.texts, bucket_step=32)  # few programs to compile
+    return Trainer(cfg, data, side, mesh, loaded, table)

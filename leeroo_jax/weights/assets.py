@@ -40,6 +40,12 @@ def cache_root() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parents[2] / ".cache"
 
 
+def backbone_path(name: str) -> str:
+    """Aliases for the fetched real weights ("minilm", "smollm2"); anything else is an HF
+    directory or hub id, returned as it is."""
+    return {"minilm": str(minilm_dir()), "smollm2": str(smollm2_dir())}.get(name, name)
+
+
 def weights_dir() -> pathlib.Path:
     return cache_root() / "weights"
 

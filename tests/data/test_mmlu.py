@@ -1,8 +1,11 @@
 """MMLU loading from every source, the id rule, the fixed splits and the prompts."""
 
 import csv
+import hashlib
 import json
 import pathlib
+import sys
+import types
 
 import pytest
 
@@ -80,16 +83,57 @@ def test_verbatim_repeats_are_dropped(tmp_path):
     assert len(mmlu.load_questions(path)) == 1
 
 
-def test_hf_source_offline_is_one_line():
-    with pytest.raises(DataError, match="cais/mmlu|datasets"):
+def _fake_datasets(monkeypatch, load_dataset):
+    """A stand-in `datasets` module in sys.modules: no network, the same answer on every machine."""
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+
+
+# Rows in cais/mmlu's schema (question, subject, choices, answer as a 0-3 class index), text
+# already lower-case and single-spaced so the id is sha1 of the plain lines, computed by hand.
+HUB_ROWS = [
+    {"question": "what is 2 + 2?", "subject": "elementary_mathematics", "choices": ["3", "4", "5", "22"], "answer": 1},
+    {"question": "which gas do plants absorb?", "subject": "high_school_biology",
+     "choices": ["oxygen", "nitrogen", "carbon dioxide", "helium"], "answer": 2},
+    {"question": "what is 2 + 2?", "subject": "elementary_mathematics", "choices": ["3", "4", "5", "22"], "answer": 1},
+]
+
+
+def test_hf_source_maps_hub_rows_to_questions(monkeypatch):
+    calls = []
+
+    def load_dataset(*args, **kwargs):
+        calls.append((args, kwargs))
+        return list(HUB_ROWS)
+
+    _fake_datasets(monkeypatch, load_dataset)
+    got = mmlu.load_questions("cais/mmlu", split="validation")
+    assert calls == [(("cais/mmlu", "all"), {"split": "validation"})]
+    want_ids = [hashlib.sha1("\n".join([r["question"], *r["choices"]]).encode()).hexdigest()[:16] for r in HUB_ROWS[:2]]
+    assert len(set(want_ids)) == 2 and all(len(i) == 16 for i in want_ids)
+    assert got == [  # the verbatim repeat (row 3) is dropped
+        mmlu.Question(want_ids[0], "elementary_mathematics", "what is 2 + 2?", ("3", "4", "5", "22"), 1),
+        mmlu.Question(want_ids[1], "high_school_biology", "which gas do plants absorb?",
+                      ("oxygen", "nitrogen", "carbon dioxide", "helium"), 2),
+    ]
+    assert mmlu.load_questions("cais/mmlu", limit=1) == got[:1]
+
+
+def test_hf_source_offline_is_one_line(monkeypatch):
+    def load_dataset(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'cais/mmlu' on the Hub (LocalEntryNotFoundError)\nmore lines")
+
+    _fake_datasets(monkeypatch, load_dataset)
+    with pytest.raises(DataError) as err:
         mmlu.load_questions("cais/mmlu")
+    assert str(err.value) == ("cannot load cais/mmlu (ConnectionError); when offline use the vendored copy "
+                              "(source='vendored')")
 
 
-def test_splits():
-    assert mmlu.split_of("000000000000000a", True) == mmlu.Split.TEST  # 10 % 10 == 0
-    assert mmlu.split_of("0000000000000003", True) == mmlu.Split.VAL
-    assert mmlu.split_of("0000000000000004", True) == mmlu.Split.TRAIN
-    assert mmlu.split_of("000000000000000a", False) == mmlu.Split.TRAIN  # not graded by all experts
+def test_hf_source_without_datasets_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` raises ImportError
+    with pytest.raises(DataError) as err:
+        mmlu.load_questions("cais/mmlu")
+    assert "\n" not in str(err.value) and str(err.value).startswith("loading cais/mmlu needs the `datasets` package")
 
 
 def test_zero_shot_prompt_is_lm_eval_format():

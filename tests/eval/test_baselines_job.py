@@ -10,7 +10,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from leeroo_jax.eval.baselines import VENDORED_OUTCOMES
+from leeroo_jax.data.dataset import VENDORED_OUTCOMES
 
 MIXTRAL, GPT4 = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
 
@@ -66,6 +66,9 @@ def test_bad_config_is_one_line(tmp_path, override, msg):
     assert not (tmp_path / "job").exists()
 
 
-def test_unknown_config_key_is_refused(tmp_path):
+def test_unknown_config_key_is_one_line_with_a_suggestion(tmp_path):
     proc = _score(tmp_path, "--config.evl.split=val")
-    assert proc.returncode != 0 and "evl" in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: unknown config key") and "'evl'" in last and 'Did you mean "eval"' in last
+    assert not (tmp_path / "job").exists()

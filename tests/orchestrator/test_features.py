@@ -16,7 +16,9 @@ def _data(seed=0, q=40, e=3, d=5):
 
 def test_neighbour_outcomes_against_a_loop():
     vecs, outcome, observed, train = _data()
-    got = features.neighbour_outcomes(vecs, train, outcome, observed, (1, 4))
+    own = np.full(len(vecs), -1)
+    own[train] = np.arange(len(train))
+    got = features.neighbour_outcomes(vecs, vecs[train], outcome[train], observed[train], (1, 4), self_index=own)
     unit = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
     glob = (outcome[train] * observed[train]).sum(0) / observed[train].sum(0)
     for i in range(len(vecs)):
@@ -33,7 +35,9 @@ def test_neighbour_outcomes_against_a_loop():
 def test_subject_prior_leaves_the_query_out():
     _, outcome, observed, train = _data(1)
     subjects = np.array(["a", "b"] * 20)
-    got = features.subject_prior_loo(subjects, train, outcome, observed, strength=3.0)
+    own = np.full(len(subjects), -1)
+    own[train] = np.arange(len(train))
+    got = features.subject_prior(subjects, subjects[train], outcome[train], observed[train], 3.0, self_index=own)
     glob = (outcome[train] * observed[train]).sum(0) / observed[train].sum(0)
     for i in range(len(subjects)):
         rows = [j for j in train if subjects[j] == subjects[i] and j != i]

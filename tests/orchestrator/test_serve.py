@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from leeroo_jax.data import mmlu
+from leeroo_jax.jobs.runs import load_run
 
 HOLDOUT = "HuggingFaceH4/zephyr-7b-beta"
 
@@ -56,9 +57,7 @@ def test_probes_are_50_graded_train_questions(runs):
 
 
 def test_old_experts_logits_unchanged_and_new_one_is_used(runs):
-    from leeroo_jax.orchestrator import serve
-
-    before, after = serve.load_run(runs / "tiny_holdout"), serve.load_run(runs / "tiny_holdout+1")
+    before, after = load_run(runs / "tiny_holdout"), load_run(runs / "tiny_holdout+1")
     assert list(after.data.pool.names)[:8] == list(before.data.pool.names)
     rows = before.data.rows("test")
     np.testing.assert_array_equal(after.data.rows("test"), rows)

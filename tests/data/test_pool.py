@@ -7,7 +7,7 @@ import pytest
 
 from leeroo_jax.data.mmlu import make_question
 from leeroo_jax.errors import ConfigError
-from leeroo_jax.experts.pool import Pool
+from leeroo_jax.data.pool import Pool
 from configs.pools import MMLU_9
 
 
@@ -34,7 +34,9 @@ def test_cost_is_price_times_tokens():
     ([dict(name="a", input_price=-1, output_price=1)], "negative"),
     ([dict(name="a", input_price=1, output_price=1, colour="red")], "unknown keys"),
     ([dict(name="a", input_price=1)], "needs name"),
-    ([dict(name="a", input_price=1, output_price=1, backend="http")], "backend"),
+    ([dict(name="a", input_price=1, output_price=1, backend="flax")], "unknown keys"),
+    ([dict(input_price=1, output_price=1)], r"pool\[0\] has no name"),
+    ([dict(name="", input_price=1, output_price=1)], r"pool\[0\] has no name"),
 ])
 def test_bad_pool_configs(entries, msg):
     with pytest.raises(ConfigError, match=msg):

@@ -25,6 +25,7 @@ from typing import Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 import tensorstore as ts
 
+from leeroo_jax import fileio
 from leeroo_jax.errors import DataError
 
 COLUMNS = {  # name -> dtype
@@ -46,14 +47,6 @@ class Dense(NamedTuple):
     soft: np.ndarray
     observed: np.ndarray
 
-
-def _write_json_atomic(path: pathlib.Path, obj) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class RecordStore:
@@ -86,7 +79,7 @@ class RecordStore:
             else:
                 self._cols[name] = ts.open(spec).result()
         if create:
-            _write_json_atomic(self._manifest_path, self.manifest)
+            fileio.write_json(self._manifest_path, self.manifest)
 
     @property
     def experts(self) -> list[str]:
@@ -156,7 +149,7 @@ class RecordStore:
                 col = self._cols[name] = col.resize(exclusive_max=[math.ceil((n + k) / _CHUNK) * _CHUNK]).result()
             col[n:n + k].write(rows[name]).result()
         self.manifest["rows"] = n + k
-        _write_json_atomic(self._manifest_path, self.manifest)  # the commit point
+        fileio.write_json(self._manifest_path, self.manifest)  # the commit point
         return n + k
 
     # --- reading ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The expert pool: names, list prices, backends, and the per-query cost matrix.
+"""The expert pool: names, list prices, and the per-query cost matrix.
 
 The pool is declared in the config (configs/base.py), not here. An expert's cost for a
 query is its price times the query's tokens:
@@ -21,16 +21,12 @@ import numpy as np
 from leeroo_jax.data.mmlu import LETTERS, Question
 from leeroo_jax.errors import ConfigError
 
-BACKENDS = ("recorded", "flax")
-
 
 @dataclasses.dataclass(frozen=True)
 class Expert:
     name: str
     input_price: float  # USD per 1M input tokens
     output_price: float  # USD per 1M output tokens
-    backend: str = "recorded"  # "recorded" (graded-outcome table) or "flax" (a live model)
-    checkpoint: str = ""  # HF dir or hub id, for backend "flax"
     tokenizer: str = ""  # HF dir whose tokenizer counts input tokens; "" = ceil(chars / 4)
     output_tokens: int = 1  # a multiple-choice answer is one letter
 
@@ -39,10 +35,6 @@ class Expert:
             raise ConfigError("pool: an expert has no name; give every expert a unique name")
         if not (self.input_price >= 0 and self.output_price >= 0):
             raise ConfigError(f"pool: expert {self.name} has a negative or NaN price; prices are USD per 1M tokens")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"pool: expert {self.name} has backend {self.backend!r}; use one of {BACKENDS}")
-        if self.backend == "flax" and not self.checkpoint:
-            raise ConfigError(f"pool: expert {self.name} uses the flax backend but names no checkpoint")
 
 
 def query_text(q: Question) -> str:
@@ -81,6 +73,8 @@ class Pool:
             unknown = sorted(set(entry) - fields)
             if unknown:
                 raise ConfigError(f"pool[{i}]: unknown keys {unknown}; allowed: {sorted(fields)}")
+            if not isinstance(entry.get("name"), str) or not entry["name"]:
+                raise ConfigError(f"pool[{i}] has no name; give every expert a unique name (config.pool[{i}].name)")
             try:
                 experts.append(Expert(**entry))
             except TypeError as e:

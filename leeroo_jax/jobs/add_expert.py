@@ -33,11 +33,15 @@ import numpy as np
 import optax
 from flax import nnx
 
+from leeroo_jax import distributed, fileio
+from leeroo_jax.data.dataset import Dataset, restrict_to_probes
 from leeroo_jax.errors import ConfigError
-from leeroo_jax.eval import baselines
+from leeroo_jax.eval import evaluate
 from leeroo_jax.eval import report as report_lib
-from leeroo_jax.orchestrator import serve
-from leeroo_jax.training.checkpoint import Checkpointer
+from leeroo_jax.jobs import common
+from leeroo_jax.jobs.runs import load_run
+from leeroo_jax.training import trainer as trainer_lib
+from leeroo_jax.training.checkpoint import Checkpointer, identity
 
 
 def _new_config(cfg, base_cfg):
@@ -56,7 +60,7 @@ def _new_config(cfg, base_cfg):
     return out, [e["name"] for e in new]
 
 
-def _draw_probes(data: baselines.Prepared, names: list[str], k: int, seed: int) -> dict[str, list[str]]:
+def _draw_probes(data: Dataset, names: list[str], k: int, seed: int) -> dict[str, list[str]]:
     rng = np.random.default_rng(seed)
     tr = data.rows("train")
     probes = {}
@@ -97,21 +101,18 @@ def fit_row(h_kh, side_logit_kp, side_w_p, y_k, u0_h, l2, steps: int = 500):
 
 
 def run(cfg) -> dict:
-    base = serve.load_run(cfg.checkpoint)
+    base = load_run(cfg.checkpoint)
     new_cfg, new_names = _new_config(cfg, base.cfg)
-    out = pathlib.Path(base.cfg.output_root) / new_cfg.run_name
-    out.mkdir(parents=True, exist_ok=True)
-    full = baselines.prepare(new_cfg)  # every recorded outcome: where the probes come from, and the eval truth
+    out = common.output_dir(new_cfg)
+    full = common.load_dataset(new_cfg, embed=False)  # every recorded outcome: the probes' source, the eval truth
+    full.vecs = vecs = base.data.vecs  # the same questions through the same backbone
     probes = _draw_probes(full, new_names, cfg.add_expert.probes, cfg.add_expert.seed)
-    (out / "probes.json").write_text(json.dumps(probes, indent=1))
+    if distributed.is_main_process():
+        fileio.write_json(out / "probes.json", probes, indent=1)
     new_cfg.data.probes = str((out / "probes.json").resolve())
-    # what prepare(new_cfg) gives from here on: the new experts' outcomes restricted to their probes
-    known = dataclasses.replace(full, observed=baselines.restrict_to_probes(
-        full.observed, full.questions, list(full.pool.names), probes))
-    vecs = base.vecs  # the same questions through the same backbone
-    from leeroo_jax.training import loop
-
-    trainer = loop.build(new_cfg, known, vecs)
+    # what load_dataset(new_cfg) gives from here on: the new experts' outcomes restricted to their probes
+    known = dataclasses.replace(full, observed=restrict_to_probes(full.observed, full.questions, full.names, probes))
+    trainer = trainer_lib.build(new_cfg, known)
 
     # copy every trained weight; the head grows by one expert row (and zero first-layer rows)
     old = nnx.to_pure_dict(base.trainer.state[0])
@@ -152,16 +153,19 @@ def run(cfg) -> dict:
         experts[e], bias[e] = np.asarray(u), float(b)
     nnx.replace_by_pure_dict(trainer.state[0], {"head": {"experts": experts, "bias": bias}})
 
-    val = trainer.val_metrics()
-    (out / "config.json").write_text(new_cfg.to_json_best_effort(indent=1))
+    val = evaluate.val_hook(known, new_cfg.eval.weak, trainer.predict)()  # the probes are all it knows
+    common.write_config(new_cfg, out)
     ckpt = Checkpointer(out / "ckpt", async_save=False)
-    ckpt.save(base.step, nnx.to_pure_dict(trainer.state), {"step": base.step, "added": new_names}, metrics=val)
+    ckpt.save(base.step, nnx.to_pure_dict(trainer.state),
+              {"step": base.step, "added": new_names, "config": identity(new_cfg)}, metrics=val)
     ckpt.close()
 
-    rows = full.rows(new_cfg.eval.split)
-    router_p = {"orchestrator": trainer.predict(rows), **baselines.reference_routers(new_cfg, full, rows, vecs)}
-    rep = baselines.evaluate(new_cfg, full, rows, router_p)
+    ev = full.eval_set(new_cfg.eval.split)
+    mine = {"orchestrator": (trainer.predict(ev.rows), trainer.predict(full.rows("val")))}
+    rep = evaluate.evaluate(new_cfg, full, ev, evaluate.with_references(new_cfg, full, ev, mine))
     rep["added_experts"] = {n: {"probes": len(probes[n])} for n in new_names}
+    if not distributed.is_main_process():
+        return rep
     md = report_lib.write(rep, out, at=new_cfg.eval.weak, reach=new_cfg.eval.strong)
     print(md)
     print(f"added {new_names} from {cfg.add_expert.probes} probes each; wrote {out}/config.json, probes.json, ckpt/, report.*")

@@ -14,10 +14,10 @@ import pytest
 from configs.pools import MMLU_9
 from leeroo_jax.data.mmlu import load_questions
 from leeroo_jax.errors import DataError
-from leeroo_jax.experts.pool import Pool
-from leeroo_jax.selfplay import records
+from leeroo_jax.data.pool import Pool
+from leeroo_jax.data import records
 
-OUTCOMES = records.__file__.replace("selfplay/records.py", "data/assets/outcomes.csv.gz")
+OUTCOMES = records.__file__.replace("records.py", "assets/outcomes.csv.gz")
 # From the data README: questions graded and accuracy per model.
 README = {
     "gpt-4-1106-preview": (13937, 0.806),
@@ -105,7 +105,7 @@ def test_bad_csv_row_leaves_store_untouched(tmp_path):
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np
-    from leeroo_jax.selfplay.records import RecordStore
+    from leeroo_jax.data.records import RecordStore
     store = RecordStore(sys.argv[1], ["a", "b", "c"])
     while True:
         n = len(store)

@@ -1,0 +1,131 @@
+"""The one dataset object every job reads: questions + pool + graded records + splits (+ embeddings).
+
+    ds = dataset.load(cfg, records_dir, embed)   # embed: texts -> [N, D], e.g. orchestrator.backbone.Embedder
+
+`load` reads the questions, builds the pool and its cost matrix, imports the graded outcomes
+into the run's record store (once; later runs read the store), splits the questions by id
+alone (splits.py), and embeds them through `embed` when given. Nothing here knows about
+models: the embedding function comes from the caller, so the import graph runs one way.
+
+Which questions a split *evaluates* a pool on is `eval_set`: the split's questions graded by
+every pool expert that has outcomes on that split. An expert with no outcomes there yet (a
+live model about to be scored) is left out of the evaluation and named, instead of emptying it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+from typing import Callable, Sequence
+
+import numpy as np
+
+from leeroo_jax.data import mmlu, records, splits
+from leeroo_jax.data.pool import Pool, query_text
+from leeroo_jax.errors import DataError
+
+VENDORED_OUTCOMES = pathlib.Path(mmlu.__file__).parent / "assets" / "outcomes.csv.gz"
+
+
+@dataclasses.dataclass
+class EvalSet:
+    """The questions and experts a split evaluates on."""
+
+    split: str
+    rows: np.ndarray  # [N] question rows, every one graded by every expert below
+    experts: np.ndarray  # [E'] pool indices of the evaluated experts
+    excluded: list[str]  # pool experts with no outcome on this split (not evaluated)
+
+
+@dataclasses.dataclass
+class Dataset:
+    questions: list[mmlu.Question]
+    pool: Pool
+    cost: np.ndarray  # [Q, E] USD per query
+    outcome: np.ndarray  # [Q, E] graded outcome (0 where unobserved)
+    soft: np.ndarray  # [Q, E] soft label, NaN where none
+    observed: np.ndarray  # [Q, E] bool
+    split: np.ndarray  # [Q] "train" / "val" / "test", from the question id alone
+    subjects: np.ndarray  # [Q]
+    vecs: np.ndarray | None = None  # [Q, D] frozen-backbone embeddings, when loaded with `embed`
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.pool.names)
+
+    @property
+    def texts(self) -> list[str]:
+        return [query_text(q) for q in self.questions]
+
+    def rows(self, split: str) -> np.ndarray:
+        """Every question of `split`, graded or not."""
+        return np.flatnonzero(self.split == split)
+
+    def eval_set(self, split: str) -> EvalSet:
+        rows = self.rows(split)
+        has = self.observed[rows].any(0)  # [E] experts with some outcome on the split
+        experts = np.flatnonzero(has)
+        full = rows[self.observed[np.ix_(rows, experts)].all(1)] if len(experts) else rows[:0]
+        if not len(full):
+            raise DataError(f"the {split} split has no question graded by every evaluated expert "
+                            f"({len(rows)} questions, {len(experts)} experts with outcomes there); "
+                            "grade the pool on shared questions or evaluate another split")
+        return EvalSet(split, full, experts, [self.names[e] for e in np.flatnonzero(~has)])
+
+
+def load_records(records_dir: pathlib.Path, outcomes: str, questions, pool: Pool, cost: np.ndarray,
+                 skip_unknown: bool) -> records.RecordStore:
+    """The run's record store, created by importing the outcomes CSV on first use."""
+    if (records_dir / "manifest.json").exists():
+        return records.RecordStore(records_dir, pool.names)
+    src = VENDORED_OUTCOMES if outcomes == "vendored" else pathlib.Path(outcomes)
+    if not src.exists():
+        raise DataError(f"config.data.outcomes={outcomes!r} does not exist; pass a graded-outcomes CSV or 'vendored'")
+    tmp = records_dir.with_name(records_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)  # a crashed import starts over
+    store = records.RecordStore(tmp, pool.names)
+    idx = {q.id: i for i, q in enumerate(questions)}
+    name_idx = {n: j for j, n in enumerate(pool.names)}
+
+    class _Costs(dict):  # cost of a CSV row, looked up in the [Q, E] matrix on demand
+        def __missing__(self, key):
+            return cost[idx[key[0]], name_idx[key[1]]]
+
+    records.import_outcomes(store, src, _Costs(), idx, skip_unknown_experts=skip_unknown)
+    os.replace(tmp, records_dir)  # the store appears whole or not at all
+    return records.RecordStore(records_dir, pool.names)
+
+
+def restrict_to_probes(observed: np.ndarray, questions, names: list[str], probes: dict[str, list[str]]) -> np.ndarray:
+    """observed [Q, E] with expert e's column kept only on its probe question ids."""
+    ids = {q.id: i for i, q in enumerate(questions)}
+    out = observed.copy()
+    for name, qids in probes.items():
+        keep = np.zeros(len(questions), bool)
+        keep[[ids[q] for q in qids]] = True
+        out[:, names.index(name)] &= keep
+    return out
+
+
+def load(cfg, records_dir: str | os.PathLike, embed: Callable[[Sequence[str]], np.ndarray] | None = None) -> Dataset:
+    """The dataset of `cfg.data` and `cfg.pool`, its records kept in `records_dir`."""
+    questions = mmlu.load_questions(cfg.data.source)
+    if not questions:
+        raise DataError(f"config.data.source={cfg.data.source!r} holds no questions; pass a non-empty question set")
+    pool = Pool.from_config(cfg.pool)
+    cost = pool.costs(questions)
+    store = load_records(pathlib.Path(records_dir), cfg.data.outcomes, questions, pool, cost,
+                         cfg.data.extra_experts == "skip")
+    dense = store.dense([q.id for q in questions], list(pool.names))
+    observed = dense.observed
+    if cfg.data.probes:  # experts added from a few probes: only those outcomes are known (splits unchanged)
+        probes = json.loads(pathlib.Path(cfg.data.probes).read_text())
+        observed = restrict_to_probes(observed, questions, list(pool.names), probes)
+    ds = Dataset(questions, pool, cost, dense.outcome, dense.soft, observed,
+                 splits.split_array([q.id for q in questions]), np.array([q.subject for q in questions]))
+    if embed is not None:
+        ds.vecs = np.asarray(embed(ds.texts), np.float32)
+    return ds

@@ -1,0 +1,26 @@
+"""What every job starts from: its output directory and the dataset of its config."""
+
+from __future__ import annotations
+
+import pathlib
+
+from leeroo_jax import config as config_lib
+from leeroo_jax import distributed, fileio
+from leeroo_jax.data import dataset
+from leeroo_jax.orchestrator.backbone import Embedder
+
+
+def output_dir(cfg) -> pathlib.Path:
+    """<output_root>/<run_name>, created and checked writable before any work is done."""
+    return fileio.writable_dir(config_lib.run_dir(cfg))
+
+
+def load_dataset(cfg, embed: bool = True) -> dataset.Dataset:
+    """The config's dataset, its records in the run directory, embedded by the frozen backbone."""
+    return dataset.load(cfg, config_lib.run_dir(cfg) / "records", Embedder.from_config(cfg.backbone) if embed else None)
+
+
+def write_config(cfg, out: pathlib.Path) -> None:
+    """config.json: what route / add_expert rebuild a run from (process 0 writes it)."""
+    if distributed.is_main_process():
+        fileio.write_text(out / "config.json", cfg.to_json_best_effort(indent=1))

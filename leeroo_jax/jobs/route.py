@@ -1,0 +1,144 @@
+"""Route questions with a trained run under a budget (`score.py --config.job=route`).
+
+    python -m leeroo_jax.score --config=configs/mmlu.py --config.job=route \
+        --config.checkpoint=checkpoints/mmlu [--config.route.questions=q.jsonl] \
+        [--config.route.mode=cap --config.route.value=0.0001] \
+        [--config.route.mode=tradeoff --config.route.calibrate_on=val --config.route.value=weak]
+
+route.value is a number (USD cap or mean budget, lam, or tau, by mode) or a keyword naming
+a mean cost on the routed questions: "weak" / "strong" (config.eval's experts). With
+route.calibrate_on=val, value is a target mean cost and the per-query mode's lam (tradeoff)
+or tau (quality) is fitted on the run's VAL questions to meet it (orchestrator/calibrate.py).
+A budget no routing can meet is a one-line error naming the feasible range. Writes
+<output>/choices.jsonl (one line per question) and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import numpy as np
+
+from leeroo_jax import distributed, fileio
+from leeroo_jax.data import mmlu
+from leeroo_jax.data.pool import query_text
+from leeroo_jax.errors import ConfigError, DataError
+from leeroo_jax.jobs.runs import Run, load_run, scoring_model
+from leeroo_jax.orchestrator import calibrate, select
+from leeroo_jax.orchestrator.backbone import Embedder
+from leeroo_jax.orchestrator.router import route_texts
+from leeroo_jax.training.trainer import side_features
+
+KEYWORDS = ("weak", "strong")
+
+
+def _value(cfg, cost: np.ndarray, names: list[str]) -> float:
+    """route.value as a number: a keyword is that expert's mean cost on the routed questions."""
+    raw = str(cfg.route.value).strip()
+    if raw in KEYWORDS:
+        return float(cost[:, names.index(cfg.eval[raw])].mean())
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"config.route.value={raw!r} is neither a number nor one of {', '.join(KEYWORDS)}; "
+                          "pass e.g. --config.route.value=weak or --config.route.value=5e-5") from None
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"config.route.value={raw} must be a finite number >= 0 (or {' / '.join(KEYWORDS)})")
+    return value
+
+
+def budget_from(cfg, cost: np.ndarray, names: list[str]) -> select.Budget:
+    """The per-mode budget, checked against what the routed questions allow (cost [N, E])."""
+    mode, value = cfg.route.mode, _value(cfg, cost, names)
+    cheapest = cost.min(1)  # [N]
+    if mode == "cap" and value < cheapest.max():
+        short = int((cheapest > value).sum())
+        raise ConfigError(f"cap {value:.3g} USD is below every expert's cost on {short} of {len(cost)} questions; "
+                          f"the cap must be >= {cheapest.max():.3g} USD (the dearest question's cheapest expert), "
+                          "or use --config.route.mode=batch_budget for a mean-cost budget")
+    if mode == "batch_budget" and value < cheapest.mean():
+        raise ConfigError(f"batch budget {value:.3g} USD/query is below the cheapest routing ({cheapest.mean():.3g} "
+                          f"USD/query: the cheapest expert everywhere); the feasible range is "
+                          f"{cheapest.mean():.3g}..{cost.max(1).mean():.3g} USD/query")
+    if mode == "quality" and value > 1:
+        raise ConfigError(f"config.route.value={value} is a quality threshold tau: choose it in [0, 1]")
+    return select.Budget(mode, value)
+
+
+def calibrated_budget(cfg, run: Run, cost: np.ndarray, names: list[str]) -> tuple[select.Budget, dict]:
+    """route.calibrate_on=val: the per-query mode's value fitted on the run's VAL questions."""
+    if cfg.route.mode not in calibrate.CAL_MODES:
+        raise ConfigError(f"config.route.calibrate_on needs a per-query mode ({' / '.join(calibrate.CAL_MODES)}), "
+                          f"not {cfg.route.mode}; batch_budget meets its budget without calibration")
+    target = _value(cfg, cost, names)
+    val = run.data.rows("val")
+    cal = calibrate.calibrate(run.trainer.predict(val), run.data.cost[val].astype(np.float32), target, cfg.route.mode)
+    info = {"on": "val", "n": int(len(val)), "target_mean_cost_usd": target, "value": cal.value,
+            "val_mean_cost_usd": cal.fit_mean_cost, "saturated": cal.saturated}
+    return cal.budget(), info
+
+
+def _questions(cfg, run: Run) -> list[mmlu.Question]:
+    if cfg.route.questions:
+        questions = mmlu.load_questions(cfg.route.questions)
+        if not questions:
+            raise DataError(f"config.route.questions={cfg.route.questions!r} holds no questions; pass a non-empty file")
+        return questions
+    return [run.data.questions[r] for r in run.data.eval_set(run.cfg.eval.split).rows]  # the run's evaluation split
+
+
+def route_questions(run: Run, questions: list[mmlu.Question], cost: np.ndarray,
+                    budget: select.Budget) -> tuple[np.ndarray, np.ndarray]:
+    """(p [N, E], choice [N]) for any questions with costs [N, E] (float32), under `budget`."""
+    d = run.data
+    index = {q.id: i for i, q in enumerate(d.questions)}
+    rows = np.array([index.get(q.id, -1) for q in questions])
+    known = rows >= 0
+    side = np.empty((len(questions), len(d.pool), run.trainer.side.shape[-1]), np.float32)
+    side[known] = run.trainer.side[rows[known]]
+    if (~known).any():  # new questions: embed them, look up their TRAIN neighbours
+        new = [q for q, k in zip(questions, known) if not k]
+        vecs = Embedder.from_config(run.cfg.backbone)([query_text(q) for q in new])
+        side[~known] = side_features(run.cfg, d, vecs, np.array([q.subject for q in new]))
+    model, bb = scoring_model(run)
+    return route_texts(model, bb, [query_text(q) for q in questions], side, cost, budget, run.trainer.mesh)
+
+
+def run_route(cfg) -> dict:
+    out = fileio.writable_dir(pathlib.Path(cfg.route.output or pathlib.Path(cfg.checkpoint) / "route"))
+    run = load_run(cfg.checkpoint)
+    questions = _questions(cfg, run)
+    names = run.data.names
+    cost = run.data.pool.costs(questions).astype(np.float32)  # what the kernel sees, and what is reported
+    calibration = None
+    if cfg.route.calibrate_on:
+        budget, calibration = calibrated_budget(cfg, run, cost, names)
+    else:
+        budget = budget_from(cfg, cost, names)
+    p, choice = route_questions(run, questions, cost, budget)
+    index = {q.id: i for i, q in enumerate(run.data.questions)}
+    lines, correct = [], []
+    for i, q in enumerate(questions):
+        e = int(choice[i])
+        rec = {"id": q.id, "subject": q.subject, "expert": names[e], "p": round(float(p[i, e]), 5),
+               "cost_usd": float(cost[i, e])}
+        r = index.get(q.id)
+        if r is not None and run.data.observed[r, e]:
+            rec["correct"] = float(run.data.outcome[r, e])
+            correct.append(rec["correct"])
+        lines.append(json.dumps(rec))
+    chosen = cost[np.arange(len(questions)), choice]
+    summary = {"checkpoint": str(cfg.checkpoint), "step": run.step, "n_questions": len(questions),
+               "budget": {"mode": budget.mode, "value": float(budget.value)}, "calibration": calibration,
+               "mean_cost_usd": float(chosen.mean()), "cost_per_1k_usd": float(chosen.mean() * 1000),
+               "mean_p": float(p[np.arange(len(questions)), choice].mean()),
+               "choices": {n: int((choice == e).sum()) for e, n in enumerate(names)},
+               "n_graded": len(correct), "accuracy": float(np.mean(correct)) if len(correct) == len(questions) else None}
+    if distributed.is_main_process():
+        fileio.write_text(out / "choices.jsonl", "\n".join(lines) + "\n")
+        fileio.write_json(out / "summary.json", summary, indent=1)
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {out}/choices.jsonl, summary.json")
+    return summary

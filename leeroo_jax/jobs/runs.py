@@ -1,0 +1,69 @@
+"""A finished training run, rebuilt from its directory (what route and add_expert start from).
+
+A run directory is self-describing: its config.json rebuilds the data and model it was trained
+with, and ckpt/ holds the weights (the best step by VAL AIQ, else the latest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+
+import ml_collections
+from flax import nnx
+
+from leeroo_jax.data.dataset import Dataset
+from leeroo_jax.errors import ConfigError
+from leeroo_jax.jobs import common
+from leeroo_jax.orchestrator.backbone import Backbone
+from leeroo_jax.orchestrator.model import Orchestrator
+from leeroo_jax.training import trainer as trainer_lib
+from leeroo_jax.training.checkpoint import Checkpointer, abstract_like, check_identity
+from leeroo_jax.weights import assets
+from leeroo_jax.weights.loader import load
+
+
+@dataclasses.dataclass
+class Run:
+    cfg: ml_collections.ConfigDict  # the training config, as saved
+    data: Dataset  # with data.vecs
+    trainer: trainer_lib.Trainer  # holding the restored state
+    step: int
+
+
+def train_config(run_dir: str | os.PathLike) -> ml_collections.ConfigDict:
+    run_dir = pathlib.Path(run_dir)
+    if not (run_dir / "config.json").exists() or not (run_dir / "ckpt").is_dir():
+        raise ConfigError(f"config.checkpoint={str(run_dir)!r} is not a training run directory (no config.json "
+                          "and ckpt/); pass checkpoints/<run_name> of a finished `leeroo_jax.train` run")
+    cfg = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
+    cfg.output_root, cfg.run_name = str(run_dir.parent), run_dir.name  # the run's own record store
+    return cfg
+
+
+def load_run(run_dir: str | os.PathLike) -> Run:
+    """Rebuild a training run's model and data and restore its best (else latest) checkpoint."""
+    cfg = train_config(run_dir)
+    data = common.load_dataset(cfg)
+    trainer = trainer_lib.build(cfg, data)
+    ckpt = Checkpointer(pathlib.Path(run_dir) / "ckpt")
+    step = ckpt.best_step() or ckpt.latest_step()
+    if step is None:
+        raise ConfigError(f"{run_dir}/ckpt holds no checkpoint; train the run first")
+    check_identity(ckpt.meta(step), cfg, ckpt.directory)
+    restored, _ = ckpt.restore(step, abstract_like(nnx.to_pure_dict(trainer.state)))
+    ckpt.close()
+    nnx.replace_by_pure_dict(trainer.state, restored)
+    return Run(cfg, data, trainer, step)
+
+
+def scoring_model(run: Run) -> tuple[Orchestrator, Backbone]:
+    """(model with its backbone attached, a Backbone used to tokenize and bucket)."""
+    model = nnx.merge(run.trainer.graphdef, run.trainer.state)[0]
+    loaded = run.trainer.backbone  # fine-tuning modes: the trainer loaded it (the trained weights are in model)
+    if model.backbone is None:  # a frozen-mode run stored only its head: attach the pretrained backbone
+        loaded = load(assets.backbone_path(run.cfg.backbone.path), run.trainer.mesh)
+        model = Orchestrator(model.head, loaded.model, run.cfg.backbone.pooling)
+    return model, Backbone(loaded, run.cfg.backbone.pooling, run.cfg.backbone.max_length)

@@ -1,0 +1,63 @@
+"""The main job: train the orchestrator, then report it beside the reference routers.
+
+    python -m leeroo_jax.train --config=configs/mmlu.py [--config.train.steps=600 ...]
+
+Writes checkpoints/<run_name>/: config.json, ckpt/ (Orbax), metrics.jsonl, tb/,
+report.{json,md}, frontier.png and routes.jsonl. Rerunning the same command resumes from the
+last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+
+from leeroo_jax import distributed, fileio
+from leeroo_jax.data.dataset import Dataset
+from leeroo_jax.eval import evaluate
+from leeroo_jax.eval import report as report_lib
+from leeroo_jax.jobs import common
+from leeroo_jax.orchestrator import select
+from leeroo_jax.training import loop, trainer as trainer_lib
+
+
+def routes(cfg, ds: Dataset, rows: np.ndarray, p: np.ndarray) -> list[dict]:
+    """Per evaluation question: the chosen expert and its cost under batch budgets equal to the
+    mean cost of the cheapest expert, the weak expert, 40% of the strong one, and the strong one."""
+    names = ds.names
+    cost = ds.cost[rows]
+    budgets = {"cheapest": cost.mean(0).min(), "weak": cost[:, names.index(cfg.eval.weak)].mean(),
+               "strong_x0.4": 0.4 * cost[:, names.index(cfg.eval.strong)].mean(),
+               "strong": cost[:, names.index(cfg.eval.strong)].mean()}
+    avail = jnp.ones(len(names), bool)
+    picks = {k: np.asarray(select.select(jnp.asarray(p, jnp.float32), jnp.asarray(cost, jnp.float32), avail,
+                                         select.Budget.batch_budget(float(b))).choice) for k, b in budgets.items()}
+    out = []
+    for i, r in enumerate(rows):
+        rec = {"id": ds.questions[r].id}
+        for k, choice in picks.items():
+            e = int(choice[i])
+            rec[k] = {"expert": names[e], "cost_usd": float(cost[i, e]), "correct": float(ds.outcome[r, e])}
+        out.append(rec)
+    return out
+
+
+def run(cfg) -> str:
+    out = common.output_dir(cfg)
+    common.write_config(cfg, out)
+    ds = common.load_dataset(cfg)
+    ev = ds.eval_set(cfg.eval.split)  # fails now, not after training, when nothing can be evaluated
+    trainer = trainer_lib.build(cfg, ds)
+    trainer = loop.fit(cfg, trainer, out, evaluate.val_hook(ds, cfg.eval.weak, trainer.predict))
+
+    p, p_val = trainer.predict(ev.rows), trainer.predict(ds.rows("val"))
+    rep = evaluate.evaluate(cfg, ds, ev, evaluate.with_references(cfg, ds, ev, {"orchestrator": (p, p_val)}))
+    if not distributed.is_main_process():
+        return ""
+    md = report_lib.write(rep, out, at=cfg.eval.weak, reach=cfg.eval.strong)
+    fileio.write_text(out / "routes.jsonl", "".join(json.dumps(r) + "\n" for r in routes(cfg, ds, ev.rows, p)))
+    print(md)
+    print(f"wrote {out}/report.json, report.md, frontier.png, routes.jsonl, metrics.jsonl, tb/, ckpt/")
+    return md

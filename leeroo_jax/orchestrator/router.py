@@ -1,0 +1,55 @@
+"""The scoring path: questions -> tokens -> backbone -> pooled vector -> logits -> selection.
+
+`score` is the whole path for one token batch in one jitted program. `route_texts` runs it
+over any number of questions: sorted by token count and cut into fixed-size batches padded to
+a length bucket (one compiled program per bucket), each batch split over the mesh's data axes
+with the expert tables replicated. `batch_budget` constrains the mean cost over *all* routed
+questions, so in that mode every bucket is scored first and the kernel runs once over the set.
+The side features [N, E, P] come in from the caller (a host-side lookup, like a vector index).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from leeroo_jax import sharding
+from leeroo_jax.orchestrator import select
+from leeroo_jax.orchestrator.backbone import Backbone
+from leeroo_jax.orchestrator.model import Orchestrator
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def score(graphdef, state, tokens_bt, attn_bt, side_bep, cost_be, available_e, budget: select.Budget):
+    """(p [B, E], Selection) for one token batch."""
+    model = nnx.merge(graphdef, state)
+    p = jax.nn.sigmoid(model(tokens_bt, attn_bt, side_bep))
+    return p, select.select(p, cost_be, available_e, budget)
+
+
+def route_texts(model: Orchestrator, bb: Backbone, texts: list[str], side: np.ndarray, cost: np.ndarray,
+                budget: select.Budget, mesh, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(p [N, E], choice [N]) for texts with side features [N, E, P] and costs [N, E] (float32)."""
+    graphdef, state = nnx.split(model)
+    table = bb.token_table(texts, bucket_step=32)
+    n_data = mesh.shape["data"] * mesh.shape["fsdp"]
+    avail = jnp.ones(cost.shape[1], bool)
+    per_query = budget if budget.mode != "batch_budget" else select.Budget.tradeoff(0.0)
+    p, choice = np.empty(cost.shape, np.float32), np.empty(len(texts), np.int32)
+    batch_size = -(-batch_size // n_data) * n_data  # splits over the data axes
+    order = np.argsort(table.lengths, kind="stable")
+    for s in range(0, len(order), batch_size):
+        idx = order[s:s + batch_size]
+        tokens, attn = table.pack(idx, batch_size)  # fixed batch: one program per length bucket
+        pad = lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - len(idx), 0)])  # noqa: E731
+        batch = sharding.shard_batch((tokens, attn, pad(side[idx]), pad(cost[idx])), mesh)  # tables stay replicated
+        with jax.set_mesh(mesh):
+            pb, sel = score(graphdef, state, *batch, avail, per_query)
+        p[idx], choice[idx] = np.asarray(pb)[: len(idx)], np.asarray(sel.choice)[: len(idx)]
+    if budget.mode == "batch_budget":
+        choice = np.asarray(select.select(jnp.asarray(p), jnp.asarray(cost), avail, budget).choice)
+    return p, choice

@@ -1,1 +1,0 @@
-"""leeroo_jax.selfplay."""
