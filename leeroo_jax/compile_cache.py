@@ -10,10 +10,10 @@ import os
 
 import jax
 
+from leeroo_jax.weights.assets import cache_root
+
 
 def enable(path: str | None = None) -> str:
-    from leeroo_jax.weights.assets import cache_root
-
     path = path or os.environ.get("LEEROO_COMPILE_CACHE") or str(cache_root() / "jax")
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
 import sys
 
 from absl import app, flags, logging
@@ -59,10 +58,6 @@ def check_train(cfg) -> None:
         raise ConfigError("config.train: layer_decay must be in (0, 1] and backbone_lr_scale >= 0")
     if t.steps % t.accumulate:
         raise ConfigError(f"config.train.steps={t.steps} must be a multiple of accumulate={t.accumulate}")
-
-
-def run_dir(cfg) -> pathlib.Path:
-    return pathlib.Path(cfg.output_root) / cfg.run_name
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import pathlib
 
-from leeroo_jax import config as config_lib
 from leeroo_jax import distributed, fileio
 from leeroo_jax.data import dataset
 from leeroo_jax.orchestrator.backbone import Embedder
 
 
+def run_dir(cfg) -> pathlib.Path:
+    return pathlib.Path(cfg.output_root) / cfg.run_name
+
+
 def output_dir(cfg) -> pathlib.Path:
     """<output_root>/<run_name>, created and checked writable before any work is done."""
-    return fileio.writable_dir(config_lib.run_dir(cfg))
+    return fileio.writable_dir(run_dir(cfg))
 
 
 def load_dataset(cfg, embed: bool = True) -> dataset.Dataset:
     """The config's dataset, its records in the run directory, embedded by the frozen backbone."""
-    return dataset.load(cfg, config_lib.run_dir(cfg) / "records", Embedder.from_config(cfg.backbone) if embed else None)
+    return dataset.load(cfg, run_dir(cfg) / "records", Embedder.from_config(cfg.backbone) if embed else None)
 
 
 def write_config(cfg, out: pathlib.Path) -> None:

@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from leeroo_jax import sharding
-from leeroo_jax.errors import WeightsError
+from leeroo_jax.errors import WeightsError, run_main
 from leeroo_jax.models import hf
 from leeroo_jax.models.decoder import Decoder
 from leeroo_jax.models.encoder import Encoder
@@ -210,6 +210,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    from leeroo_jax.errors import run_main
-
     run_main(main)

@@ -65,7 +65,17 @@ DECODERS = {
         dict(num_key_value_heads=2, tie_word_embeddings=False, rope_theta=1000000.0),
         transformers.Qwen2ForCausalLM,
     ),
+    # Qwen2's per-layer windows: layers >= max_window_layers slide (layer_types full, sliding).
+    "qwen2_sliding_window": (
+        transformers.Qwen2Config,
+        dict(num_key_value_heads=2, tie_word_embeddings=False, use_sliding_window=True, sliding_window=4,
+             max_window_layers=1),
+        transformers.Qwen2ForCausalLM,
+    ),
 }
+
+# Per-layer attention windows of each config, written by hand (0 = full causal attention).
+WINDOWS = {"mistral_sliding_window": (4, 4), "qwen2_sliding_window": (0, 4)}
 
 
 def _decoder_cfg(cls, extra):
@@ -108,23 +118,57 @@ def test_config_mapping_is_read_from_hf(decoders, name):
     cfg = ours.config
     assert cfg.num_kv_heads == (4 if name == "llama3_rope_tied" else 2)
     assert cfg.tie_word_embeddings == (name == "llama3_rope_tied")
-    assert cfg.qkv_bias == (name == "qwen2_biases")
+    assert cfg.qkv_bias == name.startswith("qwen2")
     assert cfg.rope_scaling[0] == ("llama3" if name == "llama3_rope_tied" else "default")
-    assert cfg.sliding_windows == ((4, 4) if name == "mistral_sliding_window" else cfg.sliding_windows)
+    assert tuple(cfg.sliding_windows or (0, 0)) == WINDOWS.get(name, (0, 0))
     if name == "qwen2_biases":
         assert ours.model.layers.bq[...].shape == (2, 4, 16)
 
 
-def test_sliding_window_changes_the_output(decoders):
-    """The Mistral window (4 < T) must matter: full attention gives different late logits."""
-    _, ours = decoders("mistral_sliding_window")
-    ids, _ = _batch(97, seed=1)
-    full = type(ours.model)(dataclasses.replace(ours.config, sliding_windows=()), rngs=nnx.Rngs(0))
-    nnx.update(full, nnx.state(ours.model))
-    a = np.asarray(ours.model(jnp.asarray(ids)).logits)
-    b = np.asarray(full(jnp.asarray(ids)).logits)
-    np.testing.assert_allclose(a[:, :4], b[:, :4], rtol=1e-5, atol=1e-5)  # within the window: same
-    assert np.abs(a[:, 6:] - b[:, 6:]).max() > 1e-3
+def _torch_with_window(name, torch_model, window):
+    """The same weights in transformers' model with another window (None = no window)."""
+    cfg_cls, extra, model_cls = DECODERS[name]
+    if cfg_cls is transformers.Qwen2Config:
+        extra = {**extra, "use_sliding_window": window is not None, "sliding_window": window}
+    else:
+        extra = {**extra, "sliding_window": window}
+    other = model_cls(_decoder_cfg(cfg_cls, extra)).eval()
+    other.load_state_dict(torch_model.state_dict())
+    return other
+
+
+def _torch_logits(model, ids, mask):
+    positions = np.maximum(np.cumsum(mask, 1) - 1, 0)
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                     position_ids=torch.tensor(positions)).logits.numpy()
+
+
+@pytest.mark.parametrize("name", sorted(WINDOWS))
+def test_sliding_window_matches_transformers_and_matters(decoders, name):
+    """Window 4 < T: transformers' logits with the window differ from those without it, and
+    from windows 3 and 5 (off by one), by far more than the parity tolerance; ours with the
+    window match transformers' with it, and ours without a window match transformers' without."""
+    torch_model, ours = decoders(name)
+    ids, mask = _batch(97, seed=1)
+    valid = mask.astype(bool)
+    ref = _torch_logits(torch_model, ids, mask)
+    atol = 1e-4 * np.abs(ref[valid]).max()
+
+    got = np.asarray(ours.model(jnp.asarray(ids), jnp.asarray(mask)).logits)
+    np.testing.assert_allclose(got[valid], ref[valid], rtol=1e-4, atol=atol)
+
+    for window in (None, 3, 5):  # a missing or off-by-one window would fail the parity above
+        other = _torch_logits(_torch_with_window(name, torch_model, window), ids, mask)
+        gap = np.abs(other - ref)[valid] - 1e-4 * np.abs(ref[valid])
+        assert gap.max() > 10 * atol, (window, gap.max(), atol)
+        if window is None:
+            # Within the first 3 slots of a right-padded or unpadded row every window sees every key.
+            np.testing.assert_allclose(other[[0, 2], :3], ref[[0, 2], :3], rtol=1e-5, atol=1e-6)
+            full = type(ours.model)(dataclasses.replace(ours.config, sliding_windows=()), rngs=nnx.Rngs(0))
+            nnx.update(full, nnx.state(ours.model))
+            got_full = np.asarray(full(jnp.asarray(ids), jnp.asarray(mask)).logits)
+            np.testing.assert_allclose(got_full[valid], other[valid], rtol=1e-4, atol=atol)
 
 
 def test_llama3_rope_frequencies_match_transformers():

@@ -77,16 +77,78 @@ def test_backbone_parameters_get_the_scaled_learning_rate():
     assert d_bb == pytest.approx(0.1 * d_head, rel=0.05)  # Adam's step size is the lr: ratio = scale
 
 
-def test_end_to_end_orchestrator_scores_tokens():
-    enc = Encoder(EncoderConfig(vocab_size=11, hidden_size=D, intermediate_size=16, num_layers=1, num_heads=2,
-                                max_position_embeddings=8, has_pooler=False), rngs=nnx.Rngs(0))
-    model = _model(backbone=enc)
-    tokens = jnp.asarray([[1, 2, 3, 0], [4, 5, 0, 0]])
-    mask = (tokens > 0).astype(jnp.int32)
-    logits = model(tokens, mask, jnp.full((2, E, P), 0.5))
-    assert logits.shape == (2, E) and bool(jnp.all(jnp.isfinite(logits)))
-    q = model.embed(tokens, mask)
-    np.testing.assert_allclose(np.asarray(model.head(q, jnp.full((2, E, P), 0.5))), np.asarray(logits), rtol=1e-6)
+def _np_gelu(x):  # the tanh form (jax.nn.gelu's default), written out
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def _np_head(w, q_bd, side_bep):
+    """The head's formula in NumPy: h = MLP([q ; logit f]); <h, u_e> + bias_e + <w, logit f[b, e]>."""
+    side_logit = np.log(side_bep) - np.log1p(-side_bep)
+    x = np.concatenate([q_bd, side_logit.reshape(len(q_bd), -1)], axis=1)
+    h = _np_gelu(_np_gelu(x @ w["w1"] + w["b1"]) @ w["w2"] + w["b2"])
+    return h @ w["experts"].T + w["bias"] + side_logit @ w["side_w"]
+
+
+_TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             attn_implementation="eager")
+_BACKBONES = {
+    "bert": (lambda t: t.BertConfig(**_TINY, max_position_embeddings=32), "BertModel", False),
+    "llama": (lambda t: t.LlamaConfig(**_TINY, num_key_value_heads=2, max_position_embeddings=32,
+                                      tie_word_embeddings=True), "LlamaForCausalLM", True),
+}
+
+
+@pytest.mark.parametrize("arch,pooling", [("bert", "mean"), ("llama", "mean"), ("llama", "last")])
+def test_orchestrator_logits_match_torch_backbone_and_numpy_head(tmp_path, arch, pooling):
+    """Expected logits come from transformers' torch backbone (last_hidden_state), pooled in
+    NumPy over the real tokens, then the head's formula in NumPy on the head's weights; the
+    model's forward and the jitted train step's forward (step.predict) must both match."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from leeroo_jax.weights.loader import load
+
+    make_cfg, cls_name, left_pad = _BACKBONES[arch]
+    torch.manual_seed(0)
+    torch_model = getattr(transformers, cls_name)(make_cfg(transformers)).eval()
+    torch_model.save_pretrained(tmp_path)
+    loaded = load(tmp_path, tokenizer=False)
+
+    rng = np.random.default_rng(0)
+    b, t, d = 4, 10, _TINY["hidden_size"]
+    lengths = np.array([10, 7, 3, 1])
+    slots = np.arange(t)[None]
+    mask = ((slots >= t - lengths[:, None]) if left_pad else (slots < lengths[:, None])).astype(np.int64)
+    ids = rng.integers(1, 97, (b, t)) * mask
+    side = rng.uniform(0.05, 0.95, (b, E, P)).astype(np.float32)
+
+    with torch.no_grad():
+        kw = dict(position_ids=torch.tensor(np.maximum(np.cumsum(mask, 1) - 1, 0))) if left_pad else {}
+        base = getattr(torch_model, "model", torch_model)  # LlamaForCausalLM.model: the decoder stack
+        hidden = base(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), **kw)
+        hidden = hidden.last_hidden_state.numpy().astype(np.float64)
+    if pooling == "mean":
+        q = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    else:  # the last real token: with left padding, the last slot
+        q = hidden[np.arange(b), t - 1] if left_pad else hidden[np.arange(b), lengths - 1]
+
+    head = Head(HeadConfig(d, E, P, hidden=16, dropout=0.1), rngs=nnx.Rngs(1))
+    for name, scale in (("b1", 0.1), ("b2", 0.1), ("bias", 1.0), ("side_w", 0.5)):  # zeros at init
+        getattr(head, name)[...] = jnp.asarray(rng.normal(0, scale, getattr(head, name).shape), jnp.float32)
+    weights = {k: np.asarray(getattr(head, k)[...], np.float64)
+               for k in ("w1", "b1", "w2", "b2", "experts", "bias", "side_w")}
+    want = _np_head(weights, q, side.astype(np.float64))
+
+    model = Orchestrator(head, loaded.model, pooling=pooling)
+    got = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(side)))
+    tol = dict(rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    np.testing.assert_allclose(got, want, **tol)
+    graphdef, state = nnx.split((model, nnx.Optimizer(model, optim.make(optim.OptimConfig()), wrt=nnx.Param)))
+    batch = {"tokens": ids.astype(np.int32), "attn": mask.astype(np.int32), "side": side}
+    p = np.asarray(step.predict(graphdef, state, batch))
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-want)), rtol=1e-4, atol=1e-5)
+    # not vacuous: every term moves the logits well past the tolerance
+    assert np.abs(want - _np_head(weights, q[::-1], side.astype(np.float64))).max() > 100 * tol["atol"]
+    assert np.abs(want - _np_head(weights, q, side[::-1].astype(np.float64))).max() > 100 * tol["atol"]
 
 
 def _encoder(num_layers=3):
