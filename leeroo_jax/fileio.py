@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import tempfile
 
 from leeroo_jax.errors import DataError
 
@@ -19,8 +20,8 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except PermissionError:
-        raise DataError(f"cannot write {path}: permission denied; choose a writable output directory") from None
+    except OSError as e:
+        raise DataError(f"cannot write {path} ({e.strerror}); choose a writable output directory") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -39,6 +40,11 @@ def writable_dir(path: str | os.PathLike, what: str = "output directory") -> pat
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DataError(f"cannot create the {what} {path} ({e.strerror}); choose a writable location") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise DataError(f"the {what} {path} is not writable; choose a writable location (e.g. --config.output_root)")
+    try:  # a real probe: os.access says yes to root everywhere, even on read-only mounts and /sys
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DataError(f"the {what} {path} is not writable ({e.strerror}); choose a writable location "
+                        "(e.g. --config.output_root)") from None
     return path

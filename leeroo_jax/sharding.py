@@ -120,10 +120,6 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mes
     return P(*spec)
 
 
-def named_sharding(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, logical_to_spec(names, shape, mesh))
-
-
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     """with_sharding_constraint by logical names under the current mesh; no-op without one."""
     mesh = jax.sharding.get_abstract_mesh()

@@ -62,7 +62,10 @@ class RecordStore:
             except (ValueError, KeyError):
                 raise DataError(f"{self._manifest_path} is unreadable; restore it from a backup or start a new store") from None
             if experts is not None and list(experts) != self.manifest["experts"][: len(experts)]:
-                raise DataError(f"{self.dir} was created for experts {self.manifest['experts']}; open it with the same pool")
+                have, want = self.manifest["experts"], list(experts)
+                missing, extra = [e for e in have if e not in want], [e for e in want if e not in have]
+                raise DataError(f"{self.dir} holds the records of another pool (config.pool lacks {missing}, adds "
+                                f"{extra}, or orders them differently); use the run's own pool or a new --config.run_name")
             create = False
         else:
             if experts is None:

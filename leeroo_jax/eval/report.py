@@ -61,26 +61,25 @@ def _f(x, fmt="{:.4f}"):
 
 
 def headline(report: dict) -> list[str]:
-    """Deployed and VAL-calibrated rows (empty when the report has none)."""
+    """One table per budget target: deployed and VAL-calibrated accuracy and cost per router."""
     routers = {n: r for n, r in report["routers"].items() if "deployed" in r}
     if not routers:
         return []
-    goals = list(next(iter(routers.values()))["deployed"])
-    head = "| router |" + "".join(f" deployed at {g}: acc | USD/1k |" for g in goals)
-    head += "".join(f" VAL-calibrated to {g}: acc | USD/1k | cost error |" for g in goals)
-    lines = [f"Budgets fixed before outcomes: *deployed* = batch budget (mean cost <= budget, lam* from predicted p "
-             f"and known costs); *VAL-calibrated* = lam fitted on {report.get('n_calibration', {}).get('val', '?')} VAL "
-             "questions to the target, then applied per query.", "", head,
-             "|---|" + "---:|" * (len(goals) * 5)]
-    for name, r in routers.items():
-        row = f"| {name} |"
-        row += "".join(f" {r['deployed'][g]['acc']:.4f} | {r['deployed'][g]['cost'] * PER_1K:.4f} |" for g in goals)
-        for g in goals:
-            c = r["calibrated"][g]
-            row += f" {c['acc']:.4f} | {c['cost'] * PER_1K:.4f} | {c['cost_error_pct']:+.1f}%{' (sat.)' if c['saturated'] else ''} |"
-        lines.append(row)
-    budgets = ", ".join(f"{g} = {v['budget'] * PER_1K:.4f} USD/1k" for g, v in next(iter(routers.values()))["deployed"].items())
-    return lines + ["", f"Targets: {budgets}.", ""]
+    n_val = report.get("n_calibration", {}).get("val", "?")
+    lines = ["Budgets fixed before any outcome is seen (what a user can get): *deployed* = the kernel's batch budget "
+             "(lam* from predicted p and known costs; mean cost <= budget); *VAL-calibrated* = lam fitted on "
+             f"{n_val} VAL questions to the target, then applied one query at a time.", ""]
+    for goal, dep in next(iter(routers.values()))["deployed"].items():
+        lines += [f"Budget: the mean cost of {goal} on these questions, {dep['budget'] * PER_1K:.4f} USD / 1k queries.", "",
+                  "| router | deployed: acc | USD / 1k | VAL-calibrated: acc | USD / 1k | cost error |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for name, r in routers.items():
+            d, c = r["deployed"][goal], r["calibrated"][goal]
+            sat = " (saturated)" if c["saturated"] else ""
+            lines.append(f"| {name} | {d['acc']:.4f} | {d['cost'] * PER_1K:.4f} | {c['acc']:.4f} | "
+                         f"{c['cost'] * PER_1K:.4f} | {c['cost_error_pct']:+.1f}%{sat} |")
+        lines.append("")
+    return lines
 
 
 def markdown(report: dict, at: str, reach: str) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 
+import numpy as np
+
 from leeroo_jax import distributed, fileio
 from leeroo_jax.data import dataset
 from leeroo_jax.orchestrator.backbone import Embedder
@@ -16,6 +18,11 @@ def run_dir(cfg) -> pathlib.Path:
 def output_dir(cfg) -> pathlib.Path:
     """<output_root>/<run_name>, created and checked writable before any work is done."""
     return fileio.writable_dir(run_dir(cfg))
+
+
+def embed(cfg, texts: list[str]) -> np.ndarray:
+    """[N, D] frozen-backbone embeddings of texts (cached on disk)."""
+    return Embedder.from_config(cfg.backbone)(texts)
 
 
 def load_dataset(cfg, embed: bool = True) -> dataset.Dataset:

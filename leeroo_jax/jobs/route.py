@@ -22,10 +22,12 @@ import pathlib
 import numpy as np
 
 from leeroo_jax import distributed, fileio
-from leeroo_jax.data import mmlu
-from leeroo_jax.data.pool import query_text
+from leeroo_jax.data import mmlu, splits
+from leeroo_jax.data.dataset import Dataset
+from leeroo_jax.data.pool import Pool, query_text
 from leeroo_jax.errors import ConfigError, DataError
-from leeroo_jax.jobs.runs import Run, load_run, scoring_model
+from leeroo_jax.jobs import common
+from leeroo_jax.jobs.runs import Run, load_run, scoring_model, train_config
 from leeroo_jax.orchestrator import calibrate, select
 from leeroo_jax.orchestrator.backbone import Embedder
 from leeroo_jax.orchestrator.router import route_texts
@@ -67,12 +69,18 @@ def budget_from(cfg, cost: np.ndarray, names: list[str]) -> select.Budget:
     return select.Budget(mode, value)
 
 
-def calibrated_budget(cfg, run: Run, cost: np.ndarray, names: list[str]) -> tuple[select.Budget, dict]:
-    """route.calibrate_on=val: the per-query mode's value fitted on the run's VAL questions."""
+def check_calibration_target(cfg, cost: np.ndarray, names: list[str], val_cost: np.ndarray) -> float:
+    """The target mean cost of route.calibrate_on=val, checked against what VAL routing can spend."""
     if cfg.route.mode not in calibrate.CAL_MODES:
         raise ConfigError(f"config.route.calibrate_on needs a per-query mode ({' / '.join(calibrate.CAL_MODES)}), "
                           f"not {cfg.route.mode}; batch_budget meets its budget without calibration")
-    target = _value(cfg, cost, names)
+    target = _value(cfg, cost, names)  # a keyword: that expert's mean cost on the routed questions
+    calibrate.check_target(target, val_cost)
+    return target
+
+
+def calibrated_budget(cfg, run: Run, target: float) -> tuple[select.Budget, dict]:
+    """route.calibrate_on=val: the per-query mode's value fitted on the run's VAL questions."""
     val = run.data.rows("val")
     cal = calibrate.calibrate(run.trainer.predict(val), run.data.cost[val].astype(np.float32), target, cfg.route.mode)
     info = {"on": "val", "n": int(len(val)), "target_mean_cost_usd": target, "value": cal.value,
@@ -80,13 +88,15 @@ def calibrated_budget(cfg, run: Run, cost: np.ndarray, names: list[str]) -> tupl
     return cal.budget(), info
 
 
-def _questions(cfg, run: Run) -> list[mmlu.Question]:
+def _questions(cfg, tcfg) -> tuple[list[mmlu.Question], Dataset | None]:
+    """The questions to route, and the run's dataset when it had to be loaded to find them."""
     if cfg.route.questions:
         questions = mmlu.load_questions(cfg.route.questions)
         if not questions:
             raise DataError(f"config.route.questions={cfg.route.questions!r} holds no questions; pass a non-empty file")
-        return questions
-    return [run.data.questions[r] for r in run.data.eval_set(run.cfg.eval.split).rows]  # the run's evaluation split
+        return questions, None
+    ds = common.load_dataset(tcfg, embed=False)
+    return [ds.questions[r] for r in ds.eval_set(tcfg.eval.split).rows], ds  # the run's evaluation split
 
 
 def route_questions(run: Run, questions: list[mmlu.Question], cost: np.ndarray,
@@ -107,16 +117,23 @@ def route_questions(run: Run, questions: list[mmlu.Question], cost: np.ndarray,
 
 
 def run_route(cfg) -> dict:
+    """Every check that needs no model runs first: a bad budget fails in seconds."""
     out = fileio.writable_dir(pathlib.Path(cfg.route.output or pathlib.Path(cfg.checkpoint) / "route"))
-    run = load_run(cfg.checkpoint)
-    questions = _questions(cfg, run)
-    names = run.data.names
-    cost = run.data.pool.costs(questions).astype(np.float32)  # what the kernel sees, and what is reported
-    calibration = None
+    tcfg = train_config(cfg.checkpoint)
+    questions, ds = _questions(cfg, tcfg)
+    pool = Pool.from_config(tcfg.pool)
+    names = list(pool.names)
+    cost = pool.costs(questions).astype(np.float32)  # what the kernel sees, and what is reported
     if cfg.route.calibrate_on:
-        budget, calibration = calibrated_budget(cfg, run, cost, names)
+        everything = ds.questions if ds is not None else mmlu.load_questions(tcfg.data.source)
+        val = [q for q in everything if splits.split_of(q.id) == splits.Split.VAL]
+        target = check_calibration_target(cfg, cost, names, pool.costs(val).astype(np.float32))
     else:
         budget = budget_from(cfg, cost, names)
+    run = load_run(cfg.checkpoint, ds)
+    calibration = None
+    if cfg.route.calibrate_on:
+        budget, calibration = calibrated_budget(cfg, run, target)
     p, choice = route_questions(run, questions, cost, budget)
     index = {q.id: i for i, q in enumerate(run.data.questions)}
     lines, correct = [], []

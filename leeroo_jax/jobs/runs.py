@@ -43,10 +43,14 @@ def train_config(run_dir: str | os.PathLike) -> ml_collections.ConfigDict:
     return cfg
 
 
-def load_run(run_dir: str | os.PathLike) -> Run:
-    """Rebuild a training run's model and data and restore its best (else latest) checkpoint."""
+def load_run(run_dir: str | os.PathLike, data: Dataset | None = None) -> Run:
+    """Rebuild a training run's model and data and restore its best (else latest) checkpoint.
+    `data`: the run's dataset when the caller has loaded it already (its embeddings are added)."""
     cfg = train_config(run_dir)
-    data = common.load_dataset(cfg)
+    if data is None:
+        data = common.load_dataset(cfg)
+    elif data.vecs is None:
+        data.vecs = common.embed(cfg, data.texts)
     trainer = trainer_lib.build(cfg, data)
     ckpt = Checkpointer(pathlib.Path(run_dir) / "ckpt")
     step = ckpt.best_step() or ckpt.latest_step()

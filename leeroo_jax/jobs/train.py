@@ -46,6 +46,7 @@ def routes(cfg, ds: Dataset, rows: np.ndarray, p: np.ndarray) -> list[dict]:
 
 def run(cfg) -> str:
     out = common.output_dir(cfg)
+    loop.check_resume(cfg, out)  # a refused resume must not overwrite the run's config.json
     common.write_config(cfg, out)
     ds = common.load_dataset(cfg)
     ev = ds.eval_set(cfg.eval.split)  # fails now, not after training, when nothing can be evaluated

@@ -77,7 +77,8 @@ class Backbone:
     def __init__(self, loaded: Loaded, pooling: str = "mean", max_length: int = 256, batch_size: int = 16,
                  normalize: bool = False, bucket_step: int = 16):
         if loaded.tokenizer is None:
-            raise ValueError(f"{loaded.path} has no tokenizer; a backbone needs one")
+            raise WeightsError(f"{loaded.path} has no tokenizer files; copy the checkpoint's tokenizer "
+                               "(tokenizer.json or vocab.txt and tokenizer_config.json) next to its weights")
         self.loaded, self.pooling, self.max_length = loaded, pooling, max_length
         self.batch_size, self.normalize, self.bucket_step = batch_size, normalize, bucket_step
         self.tokenizer = loaded.tokenizer

@@ -92,6 +92,13 @@ def _check_target(target: float, lo: float, hi: float, n: int) -> None:
                           f"{side} {span}; pick a target inside it")
 
 
+def check_target(target: float, cost_be, available=None) -> None:
+    """One-line ConfigError unless `target` (USD/query) lies in feasible_range(cost_be): the
+    check `calibrate` makes, available before any model has predicted anything."""
+    c, _, avail = _as_arrays(cost_be, available)
+    _check_target(float(target), *feasible_range(c, avail), n=c.shape[0])
+
+
 def _mean_cost(p, c, avail, budget):
     return jnp.mean(select(p, c, avail, budget).cost)
 

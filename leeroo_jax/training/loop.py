@@ -34,6 +34,17 @@ from leeroo_jax.training.trainer import Trainer
 Evaluate = Callable[[Trainer], dict]
 
 
+def check_resume(cfg, out: pathlib.Path) -> None:
+    """A one-line error, before anything is written, when `out` holds checkpoints of another config."""
+    if not (out / "ckpt").is_dir():
+        return
+    ckpt = Checkpointer(out / "ckpt")
+    latest = ckpt.latest_step()
+    if latest is not None:
+        check_identity(ckpt.meta(latest), cfg, ckpt.directory)
+    ckpt.close()
+
+
 def fit(cfg, trainer: Trainer, out: pathlib.Path, evaluate: Evaluate) -> Trainer:
     """Run (or resume) training; returns the trainer holding the best-by-VAL state."""
     t = cfg.train

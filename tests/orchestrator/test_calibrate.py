@@ -188,26 +188,29 @@ SHRINK = 10.0  # prior strength (pseudo-questions) of the global accuracy in the
 
 
 def _real_data():
-    """Questions graded by all 9 experts: p (a per-subject accuracy router fitted on TRAIN),
-    correctness and cost [Q, 9], and the VAL / TEST row indices."""
+    """p [Q, 9] for every MMLU question (a per-subject accuracy router fitted on the observed
+    TRAIN pairs), correctness and cost [Q, 9], every VAL row (calibration needs p and costs,
+    not outcomes) and the TEST rows graded by all 9 experts."""
     pool = Pool.from_config(pools.MMLU_9)
     col = {n: j for j, n in enumerate(pool.names)}
-    graded = collections.defaultdict(dict)
+    questions = mmlu.load_questions("vendored")
+    index = {q.id: i for i, q in enumerate(questions)}
+    correct = np.zeros((len(questions), len(pool)))
+    seen = np.zeros_like(correct, bool)
     with gzip.open(ASSETS / "outcomes.csv.gz", "rt", newline="") as f:
         for row in csv.DictReader(f):
-            graded[row["id"]][col[row["model"]]] = float(row["correct"])
-    questions = [q for q in mmlu.load_questions("vendored") if len(graded.get(q.id, ())) == len(pool)]
-    assert len(questions) == 6189
-    correct = np.array([[graded[q.id][e] for e in range(len(pool))] for q in questions])
+            i, e = index[row["id"]], col[row["model"]]
+            correct[i, e], seen[i, e] = float(row["correct"]), True
     r = np.array([int(q.id, 16) % 10 for q in questions])
-    train, val, test = r >= 4, r == 3, r <= 2
+    train, val, test = r >= 4, r == 3, (r <= 2) & seen.all(1)
+    assert test.sum() == 1912
     subjects = np.array([q.subject for q in questions])
-    glob = correct[train].mean(0)  # [E]
+    hits, n = correct * seen, seen.astype(float)
+    glob = hits[train].sum(0) / n[train].sum(0)  # [E]
     p = np.empty_like(correct)
     for s in np.unique(subjects):
         rows = subjects == s
-        k, n = correct[rows & train].sum(0), (rows & train).sum()
-        p[rows] = (k + SHRINK * glob) / (n + SHRINK)
+        p[rows] = (hits[rows & train].sum(0) + SHRINK * glob) / (n[rows & train].sum(0) + SHRINK)
     return p.astype(np.float32), correct, pool.costs(questions), np.flatnonzero(val), np.flatnonzero(test)
 
 
@@ -217,7 +220,7 @@ def _se(costs_b):
 
 
 def test_real_data_val_calibration_meets_test_cost():
-    """lam / tau fitted on VAL (565 questions), applied per query on TEST (1,912).
+    """lam / tau fitted on every VAL question (1,402), applied per query on TEST (1,912).
 
     The chosen mean cost is an estimate from a sample, so the realised TEST cost misses the
     fit by sampling noise: its standard error (VAL and TEST together) is printed; the check
@@ -234,8 +237,9 @@ def test_real_data_val_calibration_meets_test_cost():
     print(f"\nVAL {len(val)} / TEST {len(test)} questions; TEST range {lo:.3g}..{hi:.3g} USD/query")
     for mode in ("tradeoff", "quality"):
         errs = []
-        for u in (0.1, 0.25, 0.4, 0.55, 0.7):
-            target = lo + u * (hi - lo)
+        weak, strong = cost[test, 1].mean(), cost[test, 0].mean()  # Mixtral's, GPT-4's mean TEST cost
+        for name, target in [("Mixtral", weak), ("0.4x GPT-4", 0.4 * strong),
+                             *[(f"{u:.0%} of range", lo + u * (hi - lo)) for u in (0.1, 0.25, 0.55, 0.7)]]:
             cal = calibrate(p[val], cost[val], target, mode)
             assert cal.fit_mean_cost <= target * (1 + 1e-6)
             fit_cost = np.asarray(select(p[val], cost[val], avail, cal.budget()).cost, np.float64)
@@ -245,17 +249,21 @@ def test_real_data_val_calibration_meets_test_cost():
             acc = correct[test, np.asarray(sel.choice)].mean()
             err, vs_fit = got / target - 1, got / cal.fit_mean_cost - 1
             se = np.hypot(_se(fit_cost), _se(test_cost)) / cal.fit_mean_cost
-            print(f"{mode:8s} target {target * 1e3:.4f} USD/1k  value {cal.value:<10.6g} VAL fit "
+            print(f"{mode:8s} {name:>13s} target {target * 1e3:.4f} USD/1k  value {cal.value:<10.6g} VAL fit "
                   f"{cal.fit_mean_cost * 1e3:.4f}  TEST {got * 1e3:.4f}  error vs target {err:+6.2%}  "
                   f"vs fit {vs_fit:+6.2%}  SE {se:.2%}  acc {acc:.3f}{'  (saturated)' if cal.saturated else ''}")
             if cal.saturated:
                 continue
             errs.append(abs(err))
             assert abs(vs_fit) <= max(0.05, 3 * se), (mode, target, vs_fit, se)
-            if mode == "tradeoff":  # lam has no gaps to speak of: the fit meets the target
-                assert cal.fit_mean_cost == pytest.approx(target, rel=0.01)
-                assert abs(err) <= max(0.05, 3 * se), (mode, target, err, se)
+            if mode == "tradeoff":  # lam has no gaps to speak of: the fit meets the target, TEST within 5%
+                assert cal.fit_mean_cost == pytest.approx(target, rel=0.02)
+                # +-5% where the calibration set pins the cost down; at the low end (Mixtral's cost,
+                # 10% of the range) a few long questions decide the mean and the sampling SE alone
+                # is 5-8% (measured -8.9% and -5.7%): there the bound is 3 SE
+                low = name in ("Mixtral", "10% of range")
+                assert abs(err) <= (3 * se if low else 0.05), (name, err, se)
         assert errs, f"{mode}: every target saturated"
         worst[mode] = max(errs)
     print("worst |TEST / target - 1|:", {m: f"{e:.2%}" for m, e in worst.items()})
-    assert worst["tradeoff"] <= 0.10  # a regression guard on this fixed data (measured 7.3%)
+    assert worst["tradeoff"] <= 0.1  # a regression guard on this fixed data
