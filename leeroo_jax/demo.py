@@ -19,6 +19,7 @@ import numpy as np
 from absl import app, flags
 
 from leeroo_jax import compile_cache
+from leeroo_jax.data.buckets import bucket_length
 from leeroo_jax.data.mmlu import LETTERS, load_questions, zero_shot_prompt
 from leeroo_jax.errors import run_main
 from leeroo_jax.experts import generate, mcq
@@ -35,7 +36,7 @@ def _batches(texts, tokenizer, batch, padding_side):
     for i in range(0, len(texts), batch):
         chunk = texts[i:i + batch]
         enc = tokenizer(chunk, return_tensors="np", padding=True, truncation=True, max_length=512)
-        t = mcq.bucket_length(enc["input_ids"].shape[1])
+        t = bucket_length(enc["input_ids"].shape[1], step=64, max_length=512)  # a few compiled shapes
         enc = tokenizer(chunk, return_tensors="np", padding="max_length", truncation=True, max_length=t)
         yield enc["input_ids"], enc["attention_mask"]
 

@@ -8,7 +8,6 @@ bucket, logits only at each row's last real token (a [B, V] slice, not [B, T, V]
 from __future__ import annotations
 
 import functools
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,11 +41,3 @@ def letter_logprobs(model: Decoder, tokens_bt, mask_bt, letter_ids) -> jax.Array
     """[B, len(letter_ids)] log-probabilities of each answer letter as the next token."""
     graphdef, state = nnx.split(model)
     return _letter_logprobs(graphdef, state, jnp.asarray(tokens_bt), jnp.asarray(mask_bt), jnp.asarray(letter_ids))
-
-
-def bucket_length(n: int, buckets: Sequence[int] = (64, 128, 192, 256, 384, 512, 768, 1024, 2048)) -> int:
-    """Smallest bucket holding n tokens, so a job compiles a handful of shapes, not one per batch."""
-    for b in buckets:
-        if n <= b:
-            return b
-    return -(-n // 1024) * 1024

@@ -24,8 +24,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-import json
-import pathlib
 
 import jax
 import jax.numpy as jnp

@@ -14,10 +14,10 @@ import time
 from typing import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from leeroo_jax.data.buckets import bucket_length
 from leeroo_jax.data.embed_cache import EmbeddingCache
 from leeroo_jax.errors import WeightsError
 from leeroo_jax.models import layers
@@ -38,12 +38,6 @@ def _pooled(graphdef, state, tokens_bt, mask_bt, pooling: str, normalize: bool) 
     return layers.l2_normalize(vec) if normalize else vec
 
 
-def bucket_for(n: int, step: int, max_length: int) -> int:
-    """n rounded up to a multiple of `step`, at most max_length: sorted batches then pad only
-    a few tokens a row, for one compiled program per multiple (cached on disk across runs)."""
-    return min(-(-n // step) * step, max_length)
-
-
 class TokenTable:
     """Every question tokenized once; `pack(rows)` -> tokens, attn [n, T] with T the smallest
     multiple of `bucket_step` that holds the longest row (a few compiled programs per run)."""
@@ -60,7 +54,7 @@ class TokenTable:
     def pack(self, rows: np.ndarray, pad_rows_to: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """[n', T] int32 tokens and attention mask; n' = len(rows) rounded up to `pad_rows_to`
         (all-padding rows at the end, so a batch splits evenly over the data axes)."""
-        t = bucket_for(int(self.lengths[rows].max()), self.bucket_step, self.max_length)
+        t = bucket_length(int(self.lengths[rows].max()), self.bucket_step, self.max_length)
         n = -(-len(rows) // pad_rows_to) * pad_rows_to
         tokens = np.full((n, t), self.pad_id, np.int32)
         attn = np.zeros((n, t), np.int32)

@@ -5,7 +5,6 @@ query's choice can change, (p_i - p_j) / (c_i - c_j); for quality, every distinc
 random instance has the same shape so each fit compiles once per file.
 """
 
-import collections
 import csv
 import gzip
 import pathlib
