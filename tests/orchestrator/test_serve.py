@@ -8,7 +8,9 @@ import sys
 import numpy as np
 import pytest
 
+from configs.pools import MMLU_9
 from leeroo_jax.data import mmlu
+from leeroo_jax.data.pool import Pool
 from leeroo_jax.jobs.runs import load_run
 
 HOLDOUT = "HuggingFaceH4/zephyr-7b-beta"
@@ -104,3 +106,20 @@ def test_route_without_a_run_directory_is_one_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("error: config.checkpoint=") and "training run directory" in lines[-1]
+
+
+def test_route_calibrated_on_val_meets_its_target(runs, tmp_path):
+    """tradeoff lam fitted on the run's VAL questions to Mixtral's mean cost, applied per query."""
+    proc = _cli("leeroo_jax.score", "configs/tiny.py", runs, "--config.job=route", f"--config.checkpoint={runs / 'tiny'}",
+                "--config.route.mode=tradeoff", "--config.route.calibrate_on=val", "--config.route.value=weak",
+                f"--config.route.output={tmp_path / 'cal'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "cal" / "summary.json").read_text())
+    got = [json.loads(line) for line in (tmp_path / "cal" / "choices.jsonl").read_text().splitlines()]
+    by_id = {q.id: q for q in mmlu.load_questions()}
+    mixtral = Pool.from_config(MMLU_9).costs([by_id[g["id"]] for g in got])[:, 1].astype(np.float32)
+    cal = summary["calibration"]
+    assert cal["target_mean_cost_usd"] == pytest.approx(float(mixtral.mean()), rel=1e-5)  # "weak" = Mixtral here
+    assert cal["target_mean_cost_usd"] * 0.97 <= cal["val_mean_cost_usd"] <= cal["target_mean_cost_usd"] * (1 + 1e-6)
+    assert summary["budget"] == {"mode": "tradeoff", "value": pytest.approx(cal["value"])}
+    assert abs(summary["mean_cost_usd"] / cal["target_mean_cost_usd"] - 1) < 0.15  # TEST, never seen by the fit
