@@ -15,6 +15,8 @@ import os
 import time
 from typing import Callable
 
+from leeroo_jax.data.buckets import bucket_length
+
 # The baseline runs torch on this many threads (the machine's cores unless overridden).
 THREADS = int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1))
 
@@ -61,25 +63,33 @@ def compile_seconds(warm: dict[int, float], best: list[float]) -> float:
     return sum(max(0.0, t - best[i]) for i, t in warm.items())
 
 
-def time_batches(sides: dict[str, list[Callable[[], object]]], repeats: int) -> dict[str, tuple[float, list, list]]:
+def time_batches(sides: dict[str, list[Callable[[], object]]], repeats: int) -> dict[str, tuple[float, list, list, list]]:
     """Time each side's per-batch calls, the sides interleaved call by call.
 
-    Returns {side: (seconds, outputs, per-batch best seconds)}, where seconds is the sum over
-    batches of each batch's fastest call across `repeats` passes. On a shared 2-core machine
-    noise only ever adds time and comes in bursts (someone's test run, a compile), so each
-    pass merges the sides' calls in proportion (torch batch i sits among the ours batches
-    covering the same fraction of the work list) and a burst hits both sides alike; the
-    per-batch minimum then discards what a burst added. Each call must block until done.
+    Returns {side: (seconds, outputs, per-batch best seconds, per-pass seconds)}, where seconds
+    is the sum over batches of each batch's fastest call across `repeats` passes, and per-pass
+    seconds the sum of each pass's calls (for the spread of per-pass ratios). On a shared
+    2-core machine noise only ever adds time and comes in bursts (someone's test run, a
+    compile), so each pass merges the sides' calls in proportion (torch batch i sits among the
+    ours batches covering the same fraction of the work list) and a burst hits both sides
+    alike; the per-batch minimum then discards what a burst added. Each call must block until
+    done.
     """
     schedule = sorted((i / len(calls), k, i) for k, calls in sides.items() for i in range(len(calls)))
     best = {k: [float("inf")] * len(calls) for k, calls in sides.items()}
+    passes: dict[str, list[float]] = {k: [] for k in sides}
     outs: dict[str, list] = {k: [None] * len(calls) for k, calls in sides.items()}
     for _ in range(repeats):
+        total = dict.fromkeys(sides, 0.0)
         for _, k, i in schedule:
             t0 = time.perf_counter()
             outs[k][i] = sides[k][i]()
-            best[k][i] = min(best[k][i], time.perf_counter() - t0)
-    return {k: (sum(best[k]), outs[k], best[k]) for k in sides}
+            dt = time.perf_counter() - t0
+            best[k][i] = min(best[k][i], dt)
+            total[k] += dt
+        for k in sides:
+            passes[k].append(total[k])
+    return {k: (sum(best[k]), outs[k], best[k], passes[k]) for k in sides}
 
 
 def jax_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
@@ -102,8 +112,42 @@ def torch_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / t / 1e9
 
 
-def print_machine_context() -> None:
-    """Context lines every benchmark prints: matmul GFLOP/s on both sides, thread counts."""
+class Ceiling:
+    """The f32 matmul ceiling of each side, measured in this run: the best GFLOP/s of a 2048^2
+    matmul, XLA for ours and torch for the baseline. `measure` adds rounds (call it again at
+    the end of a run: on a shared machine the best round is the closest to the hardware's)."""
+
+    def __init__(self):
+        self.jax = self.torch = 0.0
+
+    def measure(self, rounds: int = 3) -> "Ceiling":
+        for _ in range(rounds):  # interleaved, so a burst of other work hits both alike
+            self.jax = max(self.jax, jax_matmul_gflops(repeats=3))
+            self.torch = max(self.torch, torch_matmul_gflops(repeats=3))
+        return self
+
+    def share(self, side: str, flops: float, seconds: float) -> str:
+        """'<GFLOP/s> GFLOP/s = <x>% of the <side> matmul ceiling' for `flops` done in `seconds`."""
+        gf = flops / seconds / 1e9
+        top = self.jax if side == "jax" else self.torch
+        return f"{gf:.0f} GFLOP/s = {100 * gf / top:.0f}% of the {side} f32 matmul ceiling ({top:.0f} GFLOP/s)"
+
+
+def transformer_flops(rows: int, length: int, *, layers: int, layer_params: int, attn_width: int,
+                      head_params: int = 0, head_rows: int | None = None) -> float:
+    """Matmul FLOPs of one forward pass of a [rows, length] batch, padding included (the work
+    done): 2 x the layers' weight-matrix parameters per token, plus attention's two [T, T]
+    products (QK^T and PV: 4 x T^2 x attn_width per row and layer, full square, as both sides
+    compute it), plus 2 x head_params per row of the output head (head_rows rows; default all
+    tokens). Norms, softmax and embeddings lookups are not counted."""
+    tokens = rows * length
+    f = 2 * layer_params * layers * tokens + 4 * rows * length * length * attn_width * layers
+    return f + 2 * head_params * (tokens if head_rows is None else head_rows)
+
+
+def print_machine_context() -> Ceiling:
+    """Context lines every benchmark prints: matmul GFLOP/s on both sides, thread counts.
+    Returns the measured matmul ceiling (Ceiling)."""
     import jax
 
     torch = setup_torch()
@@ -111,8 +155,18 @@ def print_machine_context() -> None:
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     print(f"context: torch={torch.__version__} threads={torch.get_num_threads()} "
           f"interop={torch.get_num_interop_threads()}")
-    print(f"context: f32 matmul 2048^2: jax {jax_matmul_gflops():.0f} GFLOP/s, "
-          f"torch {torch_matmul_gflops():.0f} GFLOP/s", flush=True)
+    ceiling = Ceiling().measure()
+    print(f"context: f32 matmul 2048^2 (best of 3 rounds x 3): jax {ceiling.jax:.0f} GFLOP/s, "
+          f"torch {ceiling.torch:.0f} GFLOP/s", flush=True)
+    return ceiling
+
+
+def spread(ratios) -> str:
+    """'min a median b max c over n rounds' of per-round ratios."""
+    import statistics
+
+    r = sorted(ratios)
+    return f"min {r[0]:.2f} median {statistics.median(r):.2f} max {r[-1]:.2f} over {len(r)} rounds"
 
 
 def result(name: str, ours: float, baseline: float, unit: str) -> str:
@@ -141,7 +195,7 @@ def length_buckets(lengths, batch: int, step: int, max_tokens: int = 0) -> list[
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     out, s = [], 0
     while s < len(order):
-        t = -(-lengths[order[s]] // step) * step
+        t = bucket_length(lengths[order[s]], step)  # the product's rule (data/buckets.py)
         b = batch if max_tokens <= 0 else min(batch, 1 << max(0, (max_tokens // t).bit_length() - 1))
         out.append((b, t, order[s:s + b]))
         s += b

@@ -5,14 +5,14 @@ AdamW (lr 1e-3, weight decay 0.1) on linear warmup (20 steps) + cosine (to 300),
 clip 1.0, masked BCE. A batch is q [256, 384] (MiniLM pooled embeddings), side [256, 9, 3]
 (neighbour outcomes at k=20/100 and the subject prior), target [256, 9] in {0, 1} and mask
 [256, 9] (the observed pairs). By default the data are real: TRAIN rows of MMLU, the cached
-MiniLM embeddings (baselines.embed, a few seconds with a warm .cache/embeddings) and
-`loop.side_features`, as `loop.run` builds them. `--synthetic`: random data of the same
+MiniLM embeddings (jobs.common.load_dataset, a few seconds with a warm .cache/embeddings) and
+`trainer.side_features`, as the training job builds them. `--synthetic`: random data of the same
 shapes and observed fraction (no cache needed). Step s's rows are drawn as Trainer.batch
 draws them (`default_rng([seed, s])`), the same rows on both sides.
 
 Ours: `leeroo_jax.training.step.train_step` on the model and `nnx.Optimizer(optim.make(..))`
-that `loop.Trainer` builds (its code, not a copy), state donated, fed exactly as loop.fit
-feeds it: trainer.batch(s) and the jitted step.step_key(key, s) (see Feed; an earlier
+that `trainer.Trainer` builds (its code, not a copy), state donated, fed exactly as loop.fit
+feeds it: trainer.batch(s) and the jitted step.step_key(key, s) (see feed; an earlier
 per-array device_put and an eager fold_in cost 0.7 ms a step of host work, which on 2 cores
 competes with the ~0.8 ms step itself). Steps are dispatched asynchronously; a timed call of --steps-per-call
 steps ends by blocking on the state (a loop that reads its loss every few steps).
@@ -21,13 +21,14 @@ Baseline: `TorchHead` below, Head.__call__'s math in a torch `nn.Module`, f32 on
 weight decay on every parameter) with the same schedule via `LambdaLR`, `clip_grad_norm_`,
 masked `binary_cross_entropy_with_logits`; its batch is the same NumPy gather, as tensors
 by `torch.from_numpy` (zero-copy).
-Timing: per-call best of --repeats passes, torch and ours interleaved call by call
-(common.time_batches), after a warm-up (compile, thread pools). Parity, first: from our
+Timing: after a warm-up (compile, thread pools), --rounds rounds of one call a side back to
+back, the order alternating each round; RESULT: each side's fastest call; also printed: the
+spread (min / quartiles / median / max) of the per-round ratios. Parity, first: from our
 initial weights copied into torch, dropout off, --parity-steps steps on the same batches:
 each step's loss, the parameter updates and the parameters, ours vs torch (the test
 tests/training/test_torch_parity_step.py runs the same check). About 30 s.
 
-    .venv/bin/python bench/train_step.py [--synthetic] [--calls 8] [--steps-per-call 25] [--repeats 5]
+    .venv/bin/python bench/train_step.py [--synthetic] [--rounds 60] [--steps-per-call 25]
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ os.environ.setdefault("BENCH_THREADS", "2")  # the baseline's torch threads (bef
 
 import argparse  # noqa: E402
 import math  # noqa: E402
+import statistics  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -131,20 +133,18 @@ def head_params(trainer) -> dict[str, np.ndarray]:
 
 
 def real_data(cfg):
-    """(Prepared, vecs [Q, 384], side [Q, 9, 3]) exactly as loop.run builds them."""
-    from leeroo_jax.eval import baselines
-    from leeroo_jax.experts.pool import query_text
-    from leeroo_jax.training import loop
+    """(Dataset, vecs [Q, 384], side [Q, 9, 3]) exactly as the training job builds them."""
+    from leeroo_jax.jobs import common
+    from leeroo_jax.training import trainer
 
-    data = baselines.prepare(cfg)
-    vecs = baselines.embed(cfg, [query_text(q) for q in data.questions])
-    return data, vecs, loop.side_features(cfg, data, vecs)
+    data = common.load_dataset(cfg)
+    return data, data.vecs, trainer.side_features(cfg, data)
 
 
 def synthetic_data(cfg, n: int = 4096, dim: int = 384, seed: int = 0):
     """Random data of the real shapes: unit-norm q, side in [0, 1], outcomes {0, 1}, ~47% observed."""
-    from leeroo_jax.eval.baselines import Prepared
-    from leeroo_jax.experts.pool import Pool
+    from leeroo_jax.data.dataset import Dataset
+    from leeroo_jax.data.pool import Pool
 
     rng = np.random.default_rng(seed)
     pool = Pool.from_config(cfg.pool)
@@ -153,27 +153,26 @@ def synthetic_data(cfg, n: int = 4096, dim: int = 384, seed: int = 0):
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     observed = rng.uniform(size=(n, e)) < 0.47
     outcome = ((rng.uniform(size=(n, e)) < 0.7) & observed).astype(np.float32)
-    data = Prepared(questions=[], pool=pool, cost=np.ones((n, e), np.float32), outcome=outcome,
-                    soft=np.full((n, e), np.nan, np.float32), observed=observed,
-                    split=np.full(n, "train"), subjects=np.full(n, "x"))
+    data = Dataset(questions=[], pool=pool, cost=np.ones((n, e), np.float32), outcome=outcome,
+                   soft=np.full((n, e), np.nan, np.float32), observed=observed,
+                   split=np.full(n, "train"), subjects=np.full(n, "x"), vecs=vecs)
     return data, vecs, rng.uniform(size=(n, e, p)).astype(np.float32)
 
 
 def make_trainer(cfg, data, vecs, side):
-    """loop.Trainer: the training job's own model, nnx.Optimizer(optim.make(...)) and batches."""
-    from leeroo_jax.training import loop
+    """trainer.Trainer: the training job's own model, nnx.Optimizer(optim.make(...)) and batches."""
+    import dataclasses
 
-    return loop.Trainer(cfg, data, vecs, side)
+    from leeroo_jax.training import trainer
+
+    return trainer.Trainer(cfg, dataclasses.replace(data, vecs=vecs), side)
 
 
 def mesh_of(trainer):
-    """The context the training loop runs its steps in (the Trainer's mesh, where it has one)."""
-    import contextlib
-
+    """The context the training loop runs its steps in: the Trainer's mesh."""
     import jax
 
-    mesh = getattr(trainer, "mesh", None)
-    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+    return jax.set_mesh(trainer.mesh)
 
 
 def host_batch(trainer, s: int) -> dict[str, np.ndarray]:
@@ -187,31 +186,25 @@ def host_batch(trainer, s: int) -> dict[str, np.ndarray]:
             "mask": trainer.data.observed[idx].astype(np.float32)}
 
 
-def ours_steps(trainer, first_step: int, n: int, feed=None):
-    """Steps first_step .. first_step + n - 1 of train_step; feed(trainer, s) -> (batch, dropout
-    key) of step s, by default loop.fit's (Feed).
-    Returns the last metrics, not blocked on."""
+def ours_steps(trainer, first_step: int, n: int):
+    """Steps first_step .. first_step + n - 1 of train_step, each fed by feed() as loop.fit
+    feeds it. Returns the last metrics, not blocked on."""
     from leeroo_jax.training import step
 
     metrics = None
     for s in range(first_step, first_step + n):
-        batch, key = (feed or Feed(trainer))(trainer, s)
+        batch, key = feed(trainer, s)
         trainer.state, metrics = step.train_step(trainer.graphdef, trainer.state, batch, key)
     return metrics
 
 
-class Feed:
+def feed(trainer, s: int):
     """The inputs of step s exactly as loop.fit makes them: trainer.batch(s) (the host gather,
     then sharding.shard_batch: the NumPy tree as is on one device, one device_put on a mesh)
     and the jitted step.step_key(key, s)."""
+    from leeroo_jax.training import step
 
-    def __init__(self, trainer):
-        del trainer
-
-    def __call__(self, trainer, s: int):
-        from leeroo_jax.training import step
-
-        return trainer.batch(s), step.step_key(trainer.key, s)
+    return trainer.batch(s), step.step_key(trainer.key, s)
 
 
 def torch_steps(ref: TorchTrainer, trainer, first_step: int, n: int):
@@ -230,7 +223,7 @@ def parity(cfg, data, vecs, side, steps: int = 3) -> dict:
     of the parameter updates (param_after - param_init: max-abs over a tensor, relative to
     that tensor's largest torch update) and of the parameters themselves; the largest torch
     update (the schedule's lr is 0 at step 0: one step alone moves nothing); both sides' losses;
-    and whether torch's batches, and Feed's batches and keys, equal loop.fit's."""
+    and whether torch's batches, and feed()'s batches and keys, equal loop.fit's."""
     import jax
 
     from leeroo_jax.training import step
@@ -240,7 +233,6 @@ def parity(cfg, data, vecs, side, steps: int = 3) -> dict:
     trainer = make_trainer(cfg, data, vecs, side)
     init = head_params(trainer)
     ref = TorchTrainer(init, 0.0, trainer.opt_cfg)
-    feed = Feed(trainer)
     loss_rel, losses, same_batches = 0.0, [], True
     with mesh_of(trainer):
         for s in range(steps):
@@ -270,9 +262,8 @@ def parity(cfg, data, vecs, side, steps: int = 3) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--synthetic", action="store_true", help="random data of the real shapes instead of MMLU")
-    ap.add_argument("--calls", type=int, default=8, help="timed calls a side, each --steps-per-call steps")
+    ap.add_argument("--rounds", type=int, default=60, help="timed rounds, each one call a side")
     ap.add_argument("--steps-per-call", type=int, default=25)
-    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--parity-steps", type=int, default=25)
     args = ap.parse_args()
 
@@ -305,11 +296,10 @@ def main() -> None:
           f"({'OK' if ok else 'FAIL'})", flush=True)
 
     # ---- timing: each side from the default config's init, dropout 0.3, steps 0, 1, 2, ... ----
-    # "ours": train_step fed as loop.fit feeds it (Feed)
+    # "ours": train_step fed as loop.fit feeds it (feed)
     trainer = make_trainer(cfg, data, vecs, side)
     torch_.manual_seed(t.seed)  # torch's dropout masks: reproducible from run to run, as ours are
     ref = TorchTrainer(head_params(trainer), t.dropout, trainer.opt_cfg)
-    feed = Feed(trainer)
     k = args.steps_per_call
     done = {"ours": 0, "torch": 0}
 
@@ -318,29 +308,45 @@ def main() -> None:
         done[name] += k
         return s
 
-    def ours_call(name, tr, feed_fn):
-        with mesh_of(tr):
-            m = ours_steps(tr, advance(name), k, feed_fn)
-            jax.block_until_ready(tr.state)  # the call ends when its last update is done
+    def ours_call():
+        with mesh_of(trainer):
+            m = ours_steps(trainer, advance("ours"), k)
+            jax.block_until_ready(trainer.state)  # the call ends when its last update is done
         return m
 
-    calls = {"torch": lambda: torch_steps(ref, trainer, advance("torch"), k),
-             "ours": lambda: ours_call("ours", trainer, feed)}
+    calls = {"torch": lambda: torch_steps(ref, trainer, advance("torch"), k), "ours": ours_call}
     t0 = time.perf_counter()
     with mesh_of(trainer):
-        jax.block_until_ready(ours_steps(trainer, 0, 1, feed))  # compile (or load from the persistent cache)
+        jax.block_until_ready(ours_steps(trainer, 0, 1))  # compile (or load from the persistent cache)
     t_compile = time.perf_counter() - t0
-    for call in calls.values():  # warm-up: the rest of the compiles, thread pools, allocators
-        call()
-    timed = common.time_batches({name: [call] * args.calls for name, call in calls.items()}, args.repeats)
-    n = args.calls * k
-    t_torch, t_ours = timed["torch"][0], timed["ours"][0]
+    for _ in range(3):  # warm-up: the rest of the compiles, thread pools, allocators, caches
+        for call in calls.values():
+            call()
+
+    # Rounds of one call a side, back to back, the order alternating from round to round (a
+    # drift in load or clock then favours neither side). Each round gives one ratio; the
+    # RESULT takes each side's fastest call (best of --rounds: what noise on a shared machine
+    # only ever adds to is discarded), and the per-round ratios show how stable that is.
+    secs = {name: [] for name in calls}
+    last = {}
+    for r in range(args.rounds):
+        for name in (("torch", "ours") if r % 2 else ("ours", "torch")):
+            t0 = time.perf_counter()
+            last[name] = calls[name]()
+            secs[name].append(time.perf_counter() - t0)
+    t_torch, t_ours = min(secs["torch"]), min(secs["ours"])
+    ratios = [a / b for a, b in zip(secs["torch"], secs["ours"])]
     print(f"ours: compile (or persistent-cache load) + first step {t_compile:.1f} s, excluded")
-    print(f"baseline: torch f32 {torch_.get_num_threads()} threads, fused AdamW: {n} steps in {t_torch:.3f} s, "
-          f"{1e3 * t_torch / n:.3f} ms/step; last loss {float(timed['torch'][1][-1]):.4f}")
-    print(f"ours: jax f32, fed as loop.fit feeds it: {n} steps in {t_ours:.3f} s, {1e3 * t_ours / n:.3f} ms/step; "
-          f"last loss {float(timed['ours'][1][-1]['loss']):.4f}")
-    common.result("train_step", n / t_ours, n / t_torch, "steps/s")
+    print(f"baseline: torch f32 {torch_.get_num_threads()} threads, fused AdamW: best of {args.rounds} calls of {k} "
+          f"steps {1e3 * t_torch / k:.3f} ms/step (median {1e3 * statistics.median(secs['torch']) / k:.3f}); "
+          f"last loss {float(last['torch']):.4f}")
+    print(f"ours: jax f32, fed as loop.fit feeds it: best of {args.rounds} calls of {k} steps "
+          f"{1e3 * t_ours / k:.3f} ms/step (median {1e3 * statistics.median(secs['ours']) / k:.3f}); "
+          f"last loss {float(last['ours']['loss']):.4f}")
+    q1, q3 = np.percentile(ratios, [25, 75])
+    print(f"spread of per-round ratios (torch time / ours time, {k} steps a side a round): {common.spread(ratios)}, "
+          f"quartiles {q1:.2f}-{q3:.2f}; ratio of medians {statistics.median(secs['torch']) / statistics.median(secs['ours']):.2f}")
+    common.result("train_step", k / t_ours, k / t_torch, "steps/s")
 
 
 if __name__ == "__main__":

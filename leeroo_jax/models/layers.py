@@ -121,21 +121,49 @@ def attention_mask(
     return mask
 
 
+# Above this many bytes of f32 logits for the whole batch, attention runs one batch row at a
+# time (lax.map): a row's [H, T, S] logits then stay in cache through softmax and the second
+# product instead of streaming through memory. Measured on 2 AMD EPYC cores (SmolLM2 shapes,
+# H=9, K=3, d=64): 16 x 256 tokens 96 -> 50 ms a layer, 4 x 512 95 -> 54 ms; at 16 x 128
+# (9 MiB) the whole batch at once is as fast or faster.
+ROW_CHUNK_BYTES = 16 << 20
+
+
+def _attention_heads_major(q_bthd: jax.Array, k_bskd: jax.Array, v_bskd: jax.Array, mask_bts: jax.Array) -> jax.Array:
+    """The attention of dot_product_attention, laid out for XLA's batched matmuls: heads
+    major, each KV group's G query heads folded into the query axis ([B, K, G*T, d] against
+    [B, K, S, d]: one [G*T, d] x [d, S] product per (row, KV head), no broadcast of K/V),
+    the scale folded into q, the mask an additive bias (0 or f32 min: a fully masked row
+    still softmaxes to uniform, as the where-form did)."""
+    b, t, h, d = q_bthd.shape
+    kv = k_bskd.shape[2]
+    g = h // kv
+    q = q_bthd.reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b, kv, g * t, d)
+    q = q * jnp.asarray(1.0 / math.sqrt(d), q.dtype)
+    k = k_bskd.transpose(0, 2, 1, 3)  # [B, K, S, d]
+    v = v_bskd.transpose(0, 2, 1, 3)
+    logits = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32)
+    bias = jnp.where(mask_bts, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)  # [B, T, S]
+    logits = logits.reshape(b, kv, g, t, -1) + bias[:, None, None]
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b, kv, g * t, -1)
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, kv, g, t, d)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
 def dot_product_attention(q_bthd: jax.Array, k_bskd: jax.Array, v_bskd: jax.Array, mask_bts: jax.Array) -> jax.Array:
     """Grouped-query attention; logits and softmax in f32. Returns [B, T, H, d].
 
     Fully masked rows (queries on padding) get a uniform distribution instead of NaN; their
-    outputs are garbage by design and are masked downstream.
+    outputs are garbage by design and are masked downstream. Large batches (over
+    ROW_CHUNK_BYTES of logits) go one row at a time, except under a multi-device mesh (the
+    batch axis is sharded there, and a loop over it would gather it).
     """
-    b, t, h, d = q_bthd.shape
-    k = k_bskd.shape[2]
-    q = q_bthd.reshape(b, t, k, h // k, d)
-    logits = jnp.einsum("btkgd,bskd->bkgts", q, k_bskd, preferred_element_type=jnp.float32)
-    logits = logits / jnp.sqrt(jnp.float32(d))
-    logits = jnp.where(mask_bts[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v_bskd.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v_bskd)
-    return out.reshape(b, t, h, d)
+    b, t, h, _ = q_bthd.shape
+    mesh = jax.sharding.get_abstract_mesh()
+    if b > 1 and 4 * b * h * t * k_bskd.shape[1] > ROW_CHUNK_BYTES and (mesh.empty or mesh.size == 1):
+        one_row = lambda args: _attention_heads_major(*(a[None] for a in args))[0]  # noqa: E731
+        return jax.lax.map(one_row, (q_bthd, k_bskd, v_bskd, mask_bts))
+    return _attention_heads_major(q_bthd, k_bskd, v_bskd, mask_bts)
 
 
 # --- pooling -------------------------------------------------------------------------------

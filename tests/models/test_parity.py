@@ -217,3 +217,16 @@ def test_bf16_forward_tracks_f32(decoders):
     b = np.asarray(bf16.model(jnp.asarray(ids), jnp.asarray(mask)).logits)
     valid = mask.astype(bool)
     assert np.abs(a - b)[valid].max() < 0.05 * np.abs(a[valid]).max()
+
+
+@pytest.mark.parametrize("name", ["llama_gqa_untied", "qwen2_sliding_window"])
+def test_row_chunked_attention_matches_transformers(decoders, name, monkeypatch):
+    """Large batches run attention one row at a time (layers.ROW_CHUNK_BYTES); forced here on
+    a tiny batch, the logits still match transformers'."""
+    torch_model, ours = decoders(name)
+    monkeypatch.setattr(layers, "ROW_CHUNK_BYTES", 0)
+    ids, mask = _batch(97, seed=2)
+    ref = _torch_logits(torch_model, ids, mask)
+    got = np.asarray(ours.model(jnp.asarray(ids), jnp.asarray(mask)).logits)
+    valid = mask.astype(bool)
+    np.testing.assert_allclose(got[valid], ref[valid], rtol=1e-4, atol=1e-4 * np.abs(ref[valid]).max())
