@@ -3,7 +3,7 @@
     python -m leeroo_jax.score --config=configs/mmlu.py --config.job=baselines
 
 Jobs:
-  baselines   the reference routers (zero, subject prior, kNN) and the oracle on the
+  baselines   the reference routers (zero, constant, subject prior, kNN) and the oracle on the
               configured split -> <output_root>/<run_name>/report.{json,md}, frontier.png
   route       route questions with a trained run (--config.checkpoint=checkpoints/<run>) under
               a budget (--config.route.*) -> <checkpoint>/route/choices.jsonl, summary.json
