@@ -15,6 +15,8 @@ import os
 import time
 from typing import Callable
 
+import numpy as np
+
 from leeroo_jax.data.buckets import bucket_length
 
 # The baseline runs torch on this many threads (the machine's cores unless overridden).
@@ -180,6 +182,15 @@ def result(name: str, ours: float, baseline: float, unit: str) -> str:
     line = f"RESULT name={name} ours={ours:.1f} baseline={baseline:.1f} unit={unit} ratio={ours / baseline:.2f}"
     print(line, flush=True)
     return line
+
+
+def scatter_rows(n: int, width: int, batches_rows, outs) -> np.ndarray:
+    """[n, width] f32 from per-batch outputs: batch i's first len(rows_i) rows go to rows_i
+    (the rest of a batch is padding)."""
+    out = np.empty((n, width), np.float32)
+    for rows, o in zip(batches_rows, outs):
+        out[rows] = np.asarray(o)[:len(rows)]
+    return out
 
 
 def length_buckets(lengths, batch: int, step: int, max_tokens: int = 0) -> list[tuple[int, int, list[int]]]:

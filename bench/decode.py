@@ -145,10 +145,7 @@ def main() -> None:
     t_sorted, t_unsorted, t_ours = (timed[k][0] for k in ("torch_sorted", "torch_unsorted", "ours"))
 
     def scatter(batches_rows, outs):
-        lp = np.empty((len(ids), len(letter_ids)), np.float32)
-        for rows, out in zip(batches_rows, outs):
-            lp[rows] = out[:len(rows)]
-        return lp
+        return common.scatter_rows(len(ids), len(letter_ids), batches_rows, outs)
 
     lp_ours = scatter([rows for _, _, rows in plan], timed["ours"][1])
     lp_sorted = scatter([rows for _, _, rows in plan], timed["torch_sorted"][1])

@@ -123,10 +123,7 @@ def main() -> None:
     t_sorted, t_unsorted, t_ours = (timed[k][0] for k in ("torch_sorted", "torch_unsorted", "ours"))
 
     def scatter(batches_rows, outs):
-        emb = np.empty((len(ids), cfg.hidden_size), np.float32)
-        for rows, out in zip(batches_rows, outs):
-            emb[rows] = out[:len(rows)]
-        return emb
+        return common.scatter_rows(len(ids), cfg.hidden_size, batches_rows, outs)
 
     emb_ours = scatter([rows for _, _, rows in plan], timed["ours"][1])
     emb_sorted = scatter([rows for _, _, rows in plan], timed["torch_sorted"][1])

@@ -7,6 +7,7 @@ import sys
 from absl import app, flags, logging
 
 from leeroo_jax import compile_cache, distributed
+from leeroo_jax.data.pool import Pool
 from leeroo_jax.errors import ConfigError, run_main
 from leeroo_jax.orchestrator.select import MODES
 
@@ -23,10 +24,7 @@ def check(cfg) -> None:
         raise ConfigError(f"config.eval.split={cfg.eval.split!r}; choose one of {', '.join(SPLITS)}")
     if cfg.backbone.pooling not in POOLINGS:
         raise ConfigError(f"config.backbone.pooling={cfg.backbone.pooling!r}; choose one of {', '.join(POOLINGS)}")
-    for i, e in enumerate(cfg.pool):
-        if not (e.get("name") if hasattr(e, "get") else None):
-            raise ConfigError(f"config.pool[{i}] has no name; give every expert a unique name")
-    names = [e["name"] for e in cfg.pool]
+    names = list(Pool.from_config(cfg.pool).names)  # every pool check, before any work starts
     for field in ("weak", "strong"):
         if cfg.eval[field] not in names:
             raise ConfigError(f"config.eval.{field}={cfg.eval[field]!r} is not in config.pool; name a pool expert")

@@ -74,7 +74,7 @@ class Pool:
             if unknown:
                 raise ConfigError(f"pool[{i}]: unknown keys {unknown}; allowed: {sorted(fields)}")
             if not isinstance(entry.get("name"), str) or not entry["name"]:
-                raise ConfigError(f"pool[{i}] has no name; give every expert a unique name (config.pool[{i}].name)")
+                raise ConfigError(f"config.pool[{i}] has no name; give every expert a unique name")
             try:
                 experts.append(Expert(**entry))
             except TypeError as e:

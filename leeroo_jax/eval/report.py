@@ -9,15 +9,14 @@ leaves a half-written report.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import pathlib
 from typing import Mapping
 
 import numpy as np
 
 from leeroo_jax import fileio
-from leeroo_jax.errors import DataError
 from leeroo_jax.eval import frontier as fr
 
 PER_1K = 1000.0
@@ -130,14 +129,10 @@ def plot(report: dict, path: pathlib.Path) -> None:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    try:
-        fig.savefig(tmp)
-    except PermissionError:
-        raise DataError(f"cannot write {path}: permission denied; choose a writable output directory") from None
-    finally:
-        plt.close(fig)
-    os.replace(tmp, path)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    plt.close(fig)
+    fileio.write_bytes(path, png.getvalue())
 
 
 def write(report: dict, out_dir: pathlib.Path, at: str, reach: str) -> str:

@@ -22,7 +22,7 @@ import pathlib
 import numpy as np
 
 from leeroo_jax import distributed, fileio
-from leeroo_jax.data import mmlu, splits
+from leeroo_jax.data import mmlu
 from leeroo_jax.data.dataset import Dataset
 from leeroo_jax.data.pool import Pool, query_text
 from leeroo_jax.errors import ConfigError, DataError
@@ -60,10 +60,10 @@ def budget_from(cfg, cost: np.ndarray, names: list[str]) -> select.Budget:
         raise ConfigError(f"cap {value:.3g} USD is below every expert's cost on {short} of {len(cost)} questions; "
                           f"the cap must be >= {cheapest.max():.3g} USD (the dearest question's cheapest expert), "
                           "or use --config.route.mode=batch_budget for a mean-cost budget")
-    if mode == "batch_budget" and value < cheapest.mean():
-        raise ConfigError(f"batch budget {value:.3g} USD/query is below the cheapest routing ({cheapest.mean():.3g} "
-                          f"USD/query: the cheapest expert everywhere); the feasible range is "
-                          f"{cheapest.mean():.3g}..{cost.max(1).mean():.3g} USD/query")
+    lo, hi = calibrate.feasible_range(cost)
+    if mode == "batch_budget" and value < lo:
+        raise ConfigError(f"batch budget {value:.3g} USD/query is below the cheapest routing ({lo:.3g} "
+                          f"USD/query: the cheapest expert everywhere); the feasible range is {lo:.3g}..{hi:.3g} USD/query")
     if mode == "quality" and value > 1:
         raise ConfigError(f"config.route.value={value} is a quality threshold tau: choose it in [0, 1]")
     return select.Budget(mode, value)
@@ -125,9 +125,8 @@ def run_route(cfg) -> dict:
     names = list(pool.names)
     cost = pool.costs(questions).astype(np.float32)  # what the kernel sees, and what is reported
     if cfg.route.calibrate_on:
-        everything = ds.questions if ds is not None else mmlu.load_questions(tcfg.data.source)
-        val = [q for q in everything if splits.split_of(q.id) == splits.Split.VAL]
-        target = check_calibration_target(cfg, cost, names, pool.costs(val).astype(np.float32))
+        ds = ds if ds is not None else common.load_dataset(tcfg, embed=False)  # load_run reuses it
+        target = check_calibration_target(cfg, cost, names, ds.cost[ds.rows("val")].astype(np.float32))
     else:
         budget = budget_from(cfg, cost, names)
     run = load_run(cfg.checkpoint, ds)
