@@ -17,7 +17,9 @@ from typing import Callable
 
 import numpy as np
 
-from leeroo_jax.data.buckets import bucket_length
+from leeroo_jax.data.buckets import plan_batches
+
+length_buckets = plan_batches  # the product's batching rule (data/buckets.py), used by the benches
 
 # The baseline runs torch on this many threads (the machine's cores unless overridden).
 THREADS = int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1))
@@ -190,24 +192,4 @@ def scatter_rows(n: int, width: int, batches_rows, outs) -> np.ndarray:
     out = np.empty((n, width), np.float32)
     for rows, o in zip(batches_rows, outs):
         out[rows] = np.asarray(o)[:len(rows)]
-    return out
-
-
-def length_buckets(lengths, batch: int, step: int, max_tokens: int = 0) -> list[tuple[int, int, list[int]]]:
-    """Sort rows by length (longest first) and cut them into batches padded to their longest
-    row rounded up to a multiple of `step`.
-
-    A batch holds `batch` rows, or, when max_tokens > 0, the largest power of two that keeps
-    rows x length within max_tokens (long prompts then come in small batches instead of
-    padding many shorter rows up to them). Returns [(batch_rows, padded_len, row_indices)];
-    each (batch_rows, padded_len) shape compiles once. A batch can hold fewer rows than its
-    shape (the shortest rows, at the end): the caller fills it with dummy rows.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    out, s = [], 0
-    while s < len(order):
-        t = bucket_length(lengths[order[s]], step)  # the product's rule (data/buckets.py)
-        b = batch if max_tokens <= 0 else min(batch, 1 << max(0, (max_tokens // t).bit_length() - 1))
-        out.append((b, t, order[s:s + b]))
-        s += b
     return out

@@ -90,7 +90,7 @@ def main() -> None:
     ids = tok([zero_shot_prompt(q) for q in questions])["input_ids"]  # ragged, unpadded
     lengths = [len(x) for x in ids]
     real = sum(lengths)
-    letter_ids = mcq.letter_token_ids(tok)
+    letter_ids = mcq.letter_token_ids(tok, "ABCD")  # MMLU: four options
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     print(f"context: {len(ids)} prompts ({args.sample}, {len({q.subject for q in questions})} subjects), "
           f"tokens/prompt mean {real / len(ids):.1f} min {min(lengths)} max {max(lengths)}")

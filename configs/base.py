@@ -11,7 +11,7 @@ def get_config():
     c = ml_collections.ConfigDict()
     c.run_name = "mmlu"
     c.output_root = "checkpoints"  # outputs go to <output_root>/<run_name>/
-    c.job = "baselines"  # score.py jobs: baselines | route | add_expert
+    c.job = "baselines"  # score.py jobs: baselines | route | add_expert | experts
     c.checkpoint = ""  # route / add_expert: a training run's directory (checkpoints/<run_name>)
 
     # Device mesh: -1 fills the devices left. Batches split over data x fsdp; the backbone's
@@ -22,6 +22,7 @@ def get_config():
     c.data.source = "vendored"  # "vendored", a .jsonl(.gz) file, a Berkeley CSV dir, or "cais/mmlu"
     c.data.outcomes = "vendored"  # graded outcomes CSV; "vendored" = leeroo_jax/data/assets/outcomes.csv.gz
     c.data.extra_experts = "error"  # outcomes of experts outside config.pool: "error" | "skip" (train on a sub-pool)
+    c.data.records = ""  # the record store; "" = <output_root>/<run_name>/records (the CSV is imported on first use)
     c.data.probes = ""  # JSON {expert: [question ids]}: only these outcomes of those experts are known (add_expert)
 
     c.pool = [dict(e) for e in MMLU_9]
@@ -39,6 +40,14 @@ def get_config():
     c.route.value = "weak"  # a number (USD cap / mean USD budget, lam, or tau) or "weak" / "strong": that expert's mean cost
     c.route.calibrate_on = ""  # "val": value is a target mean cost; fit the tradeoff lam / quality tau on VAL to meet it
     c.route.output = ""  # "" = <checkpoint>/route
+
+    # score.py --config.job=experts: the pool's live experts answer questions into the record store
+    c.experts = ml_collections.ConfigDict()
+    c.experts.questions = ""  # "" = config.data.source; train | val | test = that split; or a question source
+    c.experts.limit = 0  # the first N selected questions in id order (0 = all)
+    c.experts.batch_size = 16  # rows per batch (fewer for long prompts: max_tokens)
+    c.experts.max_tokens = 2048  # rows x padded length per batch
+    c.experts.max_new_tokens = 16  # chat recipe: reply length cap
 
     # score.py --config.job=add_expert: grow a trained run's pool (orchestrator/add_expert.py)
     c.add_expert = ml_collections.ConfigDict()

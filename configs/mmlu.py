@@ -1,9 +1,11 @@
 """The default config: route MMLU questions over the 9-expert pool of real graded answers.
 
     python -m leeroo_jax.score --config=configs/mmlu.py --config.job=baselines
+    python -m leeroo_jax.score --config=configs/mmlu.py:live --config.job=experts   # SmolLM2 answers
 """
 
 from configs import base
+from configs.pools import MMLU_9, SMOLLM2_LIVE
 
 
 HOLDOUT = "HuggingFaceH4/zephyr-7b-beta"
@@ -28,4 +30,8 @@ def get_config(variant: str | None = None):
     if variant == "holdout":  # the pool without one 7B expert, for add_expert experiments
         c.run_name = "mmlu_holdout"
         return base.drop_expert(c, HOLDOUT)
-    raise ValueError(f"configs/mmlu.py has no variant {variant!r}; choose finetune or holdout")
+    if variant == "live":  # the 9 recorded experts + SmolLM2 zero- and 5-shot, run here (score --config.job=experts)
+        c.run_name = "mmlu_live"
+        c.pool = [dict(e) for e in MMLU_9 + SMOLLM2_LIVE]
+        return c
+    raise ValueError(f"configs/mmlu.py has no variant {variant!r}; choose finetune, holdout or live")

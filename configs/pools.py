@@ -14,3 +14,14 @@ MMLU_9 = (
     dict(name="cognitivecomputations/dolphin-2.9-llama3-8b", input_price=_OPEN_7B, output_price=_OPEN_7B),
     dict(name="itpossible/Chinese-Mistral-7B-v0.1", input_price=_OPEN_7B, output_price=_OPEN_7B),
 )
+
+# Live experts: models this project runs (experts/live.py), the real SmolLM2-135M-Instruct
+# weights fetched by `make setup`. A 135M model has no list price; $0.10 per 1M tokens is an
+# assumption (the lowest 2024 per-token tier of hosted small models), stated in the README.
+_SMOL = 0.10
+SMOLLM2_LIVE = (
+    dict(name="smollm2-135m-0shot", input_price=_SMOL, output_price=_SMOL, backend="flax", checkpoint="smollm2",
+         recipe="mmlu_0shot"),
+    dict(name="smollm2-135m-5shot", input_price=_SMOL, output_price=_SMOL, backend="flax", checkpoint="smollm2",
+         recipe="mmlu_5shot"),
+)

@@ -3,15 +3,18 @@ routers (they need the backbone), outputs under checkpoints/tiny."""
 
 from configs import base
 from configs.mmlu import HOLDOUT
+from configs.pools import MMLU_9, SMOLLM2_LIVE
 
 
 def get_config(variant: str | None = None):
     c = base.get_config()
     if variant == "holdout":  # without one 7B expert, for the add_expert test
         base.drop_expert(c, HOLDOUT)
+    elif variant == "live":  # + SmolLM2 zero- and 5-shot, scored here (score --config.job=experts)
+        c.pool = [dict(e) for e in MMLU_9 + SMOLLM2_LIVE]
     elif variant not in (None, ""):
         raise ValueError(f"configs/tiny.py has no variant {variant!r}")
-    c.run_name = "tiny" if variant != "holdout" else "tiny_holdout"
+    c.run_name = "tiny" if not variant else f"tiny_{variant}"
     c.train.steps = 20
     c.train.batch_size = 64
     c.train.hidden = 16

@@ -11,7 +11,7 @@ from leeroo_jax.data.pool import Pool
 from leeroo_jax.errors import ConfigError, run_main
 from leeroo_jax.orchestrator.select import MODES
 
-JOBS = ("baselines", "route", "add_expert")
+JOBS = ("baselines", "route", "add_expert", "experts")
 TRAIN_MODES = ("frozen", "last_k", "full")
 SPLITS = ("test", "val")
 POOLINGS = ("mean", "cls", "last")
@@ -38,6 +38,9 @@ def check(cfg) -> None:
         raise ConfigError(f"config.route.calibrate_on={cfg.route.calibrate_on!r}; choose '' (no calibration) or val")
     if cfg.data.extra_experts not in ("error", "skip"):
         raise ConfigError(f"config.data.extra_experts={cfg.data.extra_experts!r}; choose error or skip")
+    x = cfg.experts
+    if not all(isinstance(x[k], int) and x[k] > 0 for k in ("batch_size", "max_tokens", "max_new_tokens")) or x.limit < 0:
+        raise ConfigError("config.experts: batch_size, max_tokens and max_new_tokens must be positive, limit >= 0")
     if cfg.backbone.batch_size <= 0 or cfg.backbone.max_length <= 0:
         raise ConfigError("config.backbone.batch_size and max_length must be positive")
 

@@ -63,7 +63,7 @@ def run() -> None:
 
     t0 = time.perf_counter()
     dec = load(assets.smollm2_dir())
-    letters = mcq.letter_token_ids(dec.tokenizer)
+    letters = mcq.letter_token_ids(dec.tokenizer, LETTERS[:4])  # MMLU: four options
     picks = []
     for ids, mask in _batches([zero_shot_prompt(q) for q in questions], dec.tokenizer, _BATCH.value, "left"):
         picks.append(np.asarray(mcq.letter_logprobs(dec.model, ids, mask, letters)).argmax(1))

@@ -9,8 +9,6 @@ shared embedding cache is not polluted) but keep the shared compile cache.
 
 from __future__ import annotations
 
-import collections
-import gzip
 import json
 import os
 import pathlib
@@ -21,13 +19,11 @@ import sys
 import numpy as np
 import pytest
 
-from leeroo_jax.data import mmlu, splits
-from leeroo_jax.data.dataset import VENDORED_OUTCOMES
+from slices import real_slice
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = "configs/tiny.py"
 PER_SPLIT = {"train": 36, "val": 12, "test": 12}
-N_EXPERTS = 9
 # A tiny run: steps=10 with one VAL evaluation and checkpoint at step 10.
 TRAIN_ARGS = ("--config.train.steps=10", "--config.train.eval_every=10", "--config.train.batch_size=8")
 
@@ -60,40 +56,10 @@ def _files(d: pathlib.Path) -> dict[str, bytes]:
 # --- data -------------------------------------------------------------------------------------
 
 
-def _write_slice(out: pathlib.Path, questions: list[str], rows: dict[str, list[str]], header: str) -> list[str]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "questions.jsonl").write_text("".join(questions))
-    ids = [json.loads(q)["id"] for q in questions]
-    (out / "outcomes.csv").write_text(header + "".join(line for i in ids for line in rows[i]))
-    return [f"--config.data.source={out / 'questions.jsonl'}", f"--config.data.outcomes={out / 'outcomes.csv'}"]
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """(--config.data.* args of the 60-question slice, those of its 36 TRAIN questions alone)."""
-    rows: dict[str, list[str]] = collections.defaultdict(list)
-    with gzip.open(VENDORED_OUTCOMES, "rt") as f:
-        header = f.readline()
-        for line in f:
-            rows[line.split(",", 1)[0]].append(line)
-    graded = {q for q, r in rows.items() if len({line.split(",")[1] for line in r}) == N_EXPERTS}
-    taken: collections.Counter = collections.Counter()
-    picked = []
-    with gzip.open(mmlu.DEFAULT_PATH, "rt") as f:
-        for line in f:
-            qid = json.loads(line)["id"]
-            split = splits.split_of(qid).value
-            if qid in graded and taken[split] < PER_SPLIT[split]:
-                taken[split] += 1
-                picked.append(line)
-            if taken == PER_SPLIT:
-                break
-    assert taken == PER_SPLIT, taken
-    root = tmp_path_factory.mktemp("data")
-    full = _write_slice(root / "full", picked, rows, header)
-    train_only = [q for q in picked if splits.split_of(json.loads(q)["id"]) == splits.Split.TRAIN]
-    assert len(train_only) == PER_SPLIT["train"] and all(int(json.loads(q)["id"], 16) % 10 >= 4 for q in train_only)
-    return full, _write_slice(root / "train_only", train_only, rows, header)
+    return real_slice(tmp_path_factory.mktemp("data"), PER_SPLIT)
 
 
 @pytest.fixture(scope="module")

@@ -76,11 +76,28 @@ class Dataset:
         return EvalSet(split, full, experts, [self.names[e] for e in np.flatnonzero(~has)])
 
 
-def load_records(records_dir: pathlib.Path, outcomes: str, questions, pool: Pool, cost: np.ndarray,
-                 skip_unknown: bool) -> records.RecordStore:
-    """The run's record store, created by importing the outcomes CSV on first use."""
-    if (records_dir / "manifest.json").exists():
-        return records.RecordStore(records_dir, pool.names)
+def open_records(cfg, records_dir: pathlib.Path, questions, pool: Pool, cost: np.ndarray | None = None
+                 ) -> records.RecordStore:
+    """The run's record store, created by importing the outcomes CSV on first use.
+
+    The store and the pool must agree: every recorded expert of the pool needs its records
+    there (else the store was written for another pool); a live expert the store has never
+    seen joins its vocabulary with no records yet, and the scoring job fills them in.
+    """
+    records_dir = pathlib.Path(records_dir)
+    if not (records_dir / "manifest.json").exists():
+        _import(records_dir, cfg.data.outcomes, questions, pool, pool.costs(questions) if cost is None else cost,
+                cfg.data.extra_experts == "skip")
+    store = records.RecordStore(records_dir)
+    lacking = [e.name for e in pool.experts if not e.live and e.name not in store.experts]
+    if lacking:
+        raise DataError(f"{records_dir} holds the records of another pool: it has none of recorded expert(s) "
+                        f"{', '.join(lacking)}; point config.data.records at this pool's store or use a new run_name")
+    store.add_experts([e.name for e in pool.experts if e.live])
+    return store
+
+
+def _import(records_dir: pathlib.Path, outcomes: str, questions, pool: Pool, cost: np.ndarray, skip_unknown: bool) -> None:
     src = VENDORED_OUTCOMES if outcomes == "vendored" else pathlib.Path(outcomes)
     if not src.exists():
         raise DataError(f"config.data.outcomes={outcomes!r} does not exist; pass a graded-outcomes CSV or 'vendored'")
@@ -96,7 +113,6 @@ def load_records(records_dir: pathlib.Path, outcomes: str, questions, pool: Pool
 
     records.import_outcomes(store, src, _Costs(), idx, skip_unknown_experts=skip_unknown)
     os.replace(tmp, records_dir)  # the store appears whole or not at all
-    return records.RecordStore(records_dir, pool.names)
 
 
 def restrict_to_probes(observed: np.ndarray, questions, names: list[str], probes: dict[str, list[str]]) -> np.ndarray:
@@ -117,8 +133,7 @@ def load(cfg, records_dir: str | os.PathLike, embed: Callable[[Sequence[str]], n
         raise DataError(f"config.data.source={cfg.data.source!r} holds no questions; pass a non-empty question set")
     pool = Pool.from_config(cfg.pool)
     cost = pool.costs(questions)
-    store = load_records(pathlib.Path(records_dir), cfg.data.outcomes, questions, pool, cost,
-                         cfg.data.extra_experts == "skip")
+    store = open_records(cfg, records_dir, questions, pool, cost)
     dense = store.dense([q.id for q in questions], list(pool.names))
     observed = dense.observed
     if cfg.data.probes:  # experts added from a few probes: only those outcomes are known (splits unchanged)

@@ -1,5 +1,8 @@
 """MMLU questions from any source, with one id rule, fixed splits and lm-eval prompts.
 
+A question has 2 to 10 choices, lettered A-J (MMLU has 4, MMLU-Pro style rows up to 10), so
+live experts can letter-score any of them; the Berkeley CSV layout is MMLU's and stays 4.
+
 Sources, all yielding the same `Question` schema:
   * the vendored test split (default; `assets/mmlu_test.jsonl.gz`, see assets/NOTICE.md),
   * any jsonl file of the same schema (e.g. ../shared/data/mmlu/mmlu_test.jsonl),
@@ -27,7 +30,8 @@ from leeroo_jax.errors import DataError
 ASSETS = pathlib.Path(__file__).resolve().parent / "assets"
 DEFAULT_PATH = ASSETS / "mmlu_test.jsonl.gz"
 HF_DATASET = "cais/mmlu"
-LETTERS = "ABCD"
+LETTERS = "ABCDEFGHIJ"
+MIN_CHOICES, MAX_CHOICES = 2, len(LETTERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +39,7 @@ class Question:
     id: str
     subject: str
     question: str
-    choices: tuple[str, str, str, str]
+    choices: tuple[str, ...]  # 2..10 options, lettered LETTERS[:len(choices)]
     answer: int
 
 
@@ -49,19 +53,28 @@ def question_id(question: str, choices: Sequence[str]) -> str:
 
 
 def make_question(subject: str, question: str, choices: Sequence[str], answer: int | str, where: str) -> Question:
-    """Validate one row; `where` ("file:line") goes into the one-line error."""
+    """Validate one row; `where` ("file:line") goes into the one-line error.
+
+    2 to 10 choices; `answer` is an index 0..n-1 or one of the question's own letters (A.. the n-th).
+    """
     choices = tuple(str(c) for c in choices)
-    if len(choices) != 4:
-        raise DataError(f"{where}: question has {len(choices)} choices, MMLU needs exactly 4; fix or drop the row")
-    if isinstance(answer, str) and answer.strip().upper() in LETTERS:
+    n = len(choices)
+    if not MIN_CHOICES <= n <= MAX_CHOICES:
+        raise DataError(f"{where}: question has {n} choices; letter scoring handles {MIN_CHOICES} to {MAX_CHOICES} "
+                        f"(A-{LETTERS[-1]}); fix or drop the row")
+    valid = f"0-{n - 1} or A-{LETTERS[n - 1]} for its {n} choices"
+    raw = answer
+    if isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().upper() in LETTERS:
         answer = LETTERS.index(answer.strip().upper())
+    elif isinstance(answer, bool):
+        raise DataError(f"{where}: answer {raw!r} is not {valid}; fix the row")
     try:
         answer = int(answer)
     except (TypeError, ValueError):
-        raise DataError(f"{where}: answer {answer!r} is not 0-3 or A-D; fix the row") from None
-    if not 0 <= answer < 4:
-        raise DataError(f"{where}: answer {answer} is out of range 0-3; fix the row")
-    return Question(question_id(question, choices), subject, question, choices, answer)  # type: ignore[arg-type]
+        raise DataError(f"{where}: answer {raw!r} is not {valid}; fix the row") from None
+    if not 0 <= answer < n:
+        raise DataError(f"{where}: answer {raw!r} is out of range; valid is {valid}; fix the row")
+    return Question(question_id(question, choices), subject, question, choices, answer)
 
 
 def _dedupe(rows: Iterable[tuple[Question, str]]) -> list[Question]:
@@ -105,7 +118,7 @@ def _read_berkeley(root: pathlib.Path, split: str) -> Iterator[tuple[Question, s
         with open(path, newline="", encoding="utf-8") as f:
             for n, row in enumerate(csv.reader(f), 1):
                 where = f"{path.name}:{n}"
-                if len(row) != 6:
+                if len(row) != 6:  # MMLU's own layout: always exactly 4 choices
                     raise DataError(f"{where}: expected question, 4 choices and an answer (6 fields), got {len(row)}")
                 yield make_question(subject, row[0], row[1:5], row[5], where), where
 
@@ -145,26 +158,47 @@ def load_questions(source: str | pathlib.Path = "vendored", split: str = "test",
 
 
 def _format(q: Question, with_answer: bool) -> str:
+    """q's question and its own lettered options (A.. the n-th letter), then "Answer:" [" X"]."""
     options = "".join(f"\n{letter}. {c}" for letter, c in zip(LETTERS, q.choices))
     tail = f" {LETTERS[q.answer]}\n\n" if with_answer else ""
     return f"{q.question.strip()}{options}\nAnswer:{tail}"
 
 
+def prompt_prefix(q: Question, exemplars: Sequence[Question] = ()) -> str:
+    """The part of `prompt(q, exemplars)` before q's own question: the subject header and the
+    answered exemplars. `prompt(q, ex) == prompt_prefix(q, ex) + <q without its answer>` always,
+    and with `few_shot_exemplars` it is the same string for (nearly) every question of a subject,
+    so a prefix KV cache can share it."""
+    header = f"The following are multiple choice questions (with answers) about {q.subject.replace('_', ' ')}.\n\n"
+    return header + "".join(_format(e, True) for e in exemplars)
+
+
 def prompt(q: Question, exemplars: Sequence[Question] = ()) -> str:
-    """The lm-eval MMLU prompt, zero-shot or k-shot; the answer is the next token (" A".." D").
+    """The lm-eval MMLU prompt, zero-shot or k-shot; the answer is the next token, one of the
+    question's own letters (" A".." D" for MMLU, up to " A".." J" for 10 choices).
 
     Exemplars must come from TRAIN questions of the same subject (see `few_shot_exemplars`).
     """
-    header = f"The following are multiple choice questions (with answers) about {q.subject.replace('_', ' ')}.\n\n"
-    return header + "".join(_format(e, True) for e in exemplars) + _format(q, False)
+    return prompt_prefix(q, exemplars) + _format(q, False)
 
 
 def zero_shot_prompt(q: Question) -> str:
     return prompt(q)
 
 
+def _subject_order(subject: str, qid: str) -> tuple[str, str]:
+    return hashlib.sha1((subject + qid).encode()).hexdigest(), qid
+
+
 def few_shot_exemplars(q: Question, train: Sequence[Question], k: int) -> list[Question]:
-    """k TRAIN questions of q's subject (never q itself), in a fixed order per question."""
-    pool = [t for t in train if t.subject == q.subject and t.id != q.id]
-    pool.sort(key=lambda t: hashlib.sha1((q.id + t.id).encode()).hexdigest())
-    return pool[:k]
+    """k TRAIN questions of q's subject (never q itself), shared across the subject.
+
+    The subject's questions in `train` take one fixed order (sha1 of subject + id, whatever the
+    order of `train`) and q gets the first k of them that are not q. So every question of a
+    subject sees the same k exemplars, and the same `prompt_prefix`, except those k exemplars
+    themselves, which each get the other k-1 plus the (k+1)-th. The caller passes TRAIN
+    questions (`splits.split_of(id) is Split.TRAIN`), so no exemplar is ever evaluated on.
+    """
+    pool = {t.id: t for t in train if t.subject == q.subject}
+    order = sorted(pool, key=lambda qid: _subject_order(q.subject, qid))
+    return [pool[qid] for qid in order if qid != q.id][:k]

@@ -8,6 +8,12 @@ query is its price times the query's tokens:
 with in_tokens = ceil(len(text) / 4) by default, text = the question followed by its options
 as "\\nA. " + choice0 + "\\nB. " + ..., and 1 output token for a multiple-choice answer. A
 real tokenizer can replace the 4-characters rule per expert (`tokenizer=<HF dir>`).
+
+An expert's outcomes come from somewhere: `backend="recorded"` experts are known only by the
+graded answers in the record store (imported tables, self-play reveals); `backend="flax"`
+experts are models we run (experts/live.py): a checkpoint, a prompt recipe and a dtype. A
+live expert's input is its recipe's prompt (a k-shot prompt carries its k exemplars), so its
+cost counts that prompt, not just the query text.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from leeroo_jax.data import mmlu, splits
 from leeroo_jax.data.mmlu import LETTERS, Question
 from leeroo_jax.errors import ConfigError
 
@@ -29,16 +36,71 @@ class Expert:
     output_price: float  # USD per 1M output tokens
     tokenizer: str = ""  # HF dir whose tokenizer counts input tokens; "" = ceil(chars / 4)
     output_tokens: int = 1  # a multiple-choice answer is one letter
+    backend: str = "recorded"  # "recorded" (outcomes from the record store) | "flax" (a model we run)
+    checkpoint: str = ""  # flax: an HF directory, a hub id, or "smollm2" (the fetched real weights)
+    recipe: str = ""  # flax: "mmlu_0shot", "mmlu_<k>shot" (letter log-likelihood) or "chat" (generate, parse)
+    dtype: str = "float32"  # flax: compute dtype, float32 | bfloat16
 
     def __post_init__(self):
         if not self.name:
             raise ConfigError("pool: an expert has no name; give every expert a unique name")
         if not (self.input_price >= 0 and self.output_price >= 0):
             raise ConfigError(f"pool: expert {self.name} has a negative or NaN price; prices are USD per 1M tokens")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"pool: expert {self.name} has backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        if self.live:
+            if not self.checkpoint:
+                raise ConfigError(f"pool: live expert {self.name} names no checkpoint; set checkpoint to an HF "
+                                  "directory, a hub id or 'smollm2'")
+            parse_recipe(self.recipe, self.name)
+            if self.dtype not in ("float32", "bfloat16"):
+                raise ConfigError(f"pool: expert {self.name} has dtype {self.dtype!r}; use float32 or bfloat16")
+        elif self.checkpoint or self.recipe:
+            raise ConfigError(f"pool: expert {self.name} sets checkpoint/recipe but its backend is 'recorded'; "
+                              "set backend='flax' to run it")
+
+    @property
+    def live(self) -> bool:
+        return self.backend == "flax"
+
+
+BACKENDS = ("recorded", "flax")
+
+
+def parse_recipe(recipe: str, name: str = "?") -> tuple[str, int]:
+    """"mmlu_<k>shot" -> ("letters", k); "chat" -> ("chat", 0); anything else is a one-line error."""
+    if recipe == "chat":
+        return "chat", 0
+    if recipe.startswith("mmlu_") and recipe.endswith("shot") and recipe[5:-4].isdigit():
+        return "letters", int(recipe[5:-4])
+    raise ConfigError(f"pool: expert {name} has recipe {recipe!r}; use mmlu_0shot, mmlu_<k>shot (e.g. mmlu_5shot) or chat")
+
+
+def by_subject(questions: Sequence[Question]) -> dict[str, list[Question]]:
+    """TRAIN questions grouped by subject: the exemplar bank of k-shot recipes."""
+    out: dict[str, list[Question]] = {}
+    for q in questions:
+        if splits.split_of(q.id) is splits.Split.TRAIN:
+            out.setdefault(q.subject, []).append(q)
+    return out
+
+
+def recipe_prompt(expert: Expert, q: Question, bank: Mapping[str, Sequence[Question]]) -> str:
+    """The text a live expert is given for q; k-shot exemplars come from bank[q.subject]
+    (TRAIN questions, `by_subject`), fixed per subject (mmlu.few_shot_exemplars)."""
+    kind, shots = parse_recipe(expert.recipe, expert.name)
+    if kind == "chat":
+        return chat_message(q)
+    return mmlu.prompt(q, mmlu.few_shot_exemplars(q, bank.get(q.subject, ()), shots) if shots else ())
 
 
 def query_text(q: Question) -> str:
     return q.question + "".join(f"\n{letter}. {c}" for letter, c in zip(LETTERS, q.choices))
+
+
+def chat_message(q: Question) -> str:
+    """The user message of the chat recipe: the question, its options, and how to answer."""
+    return query_text(q) + f"\n\nAnswer with the letter ({LETTERS[0]}-{LETTERS[len(q.choices) - 1]}) of the correct option."
 
 
 class Pool:
@@ -94,8 +156,10 @@ class Pool:
     def costs(self, questions: Sequence[Question]) -> np.ndarray:
         """cost[Q, E] in USD per query."""
         texts = [query_text(q) for q in questions]
+        bank = by_subject(questions)
         out = np.empty((len(questions), len(self)), np.float64)
         for e, expert in enumerate(self.experts):
-            tokens = self._input_tokens(expert, texts)
+            prompts = [recipe_prompt(expert, q, bank) for q in questions] if expert.live else texts
+            tokens = self._input_tokens(expert, prompts)
             out[:, e] = (tokens * expert.input_price + expert.output_tokens * expert.output_price) / 1e6
         return out

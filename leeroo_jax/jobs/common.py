@@ -25,9 +25,14 @@ def embed(cfg, texts: list[str]) -> np.ndarray:
     return Embedder.from_config(cfg.backbone)(texts)
 
 
+def records_dir(cfg) -> pathlib.Path:
+    """The record store: config.data.records, else <run dir>/records."""
+    return pathlib.Path(cfg.data.records) if cfg.data.records else run_dir(cfg) / "records"
+
+
 def load_dataset(cfg, embed: bool = True) -> dataset.Dataset:
-    """The config's dataset, its records in the run directory, embedded by the frozen backbone."""
-    return dataset.load(cfg, run_dir(cfg) / "records", Embedder.from_config(cfg.backbone) if embed else None)
+    """The config's dataset and its records, embedded by the frozen backbone."""
+    return dataset.load(cfg, records_dir(cfg), Embedder.from_config(cfg.backbone) if embed else None)
 
 
 def write_config(cfg, out: pathlib.Path) -> None:

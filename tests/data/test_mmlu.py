@@ -4,12 +4,14 @@ import csv
 import hashlib
 import json
 import pathlib
+import random
 import sys
 import types
 
 import pytest
 
 from leeroo_jax.data import mmlu
+from leeroo_jax.data.splits import Split, split_of
 from leeroo_jax.errors import DataError
 
 SHARED = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlu" / "mmlu_test.jsonl"
@@ -63,13 +65,66 @@ def _bad_jsonl(tmp_path, rows):
 GOOD = {"subject": "anatomy", "question": "Q?", "choices": ["a", "b", "c", "d"], "answer": 1}
 
 
-def test_three_choices_is_an_error_naming_file_and_line(tmp_path):
-    msg = _bad_jsonl(tmp_path, [GOOD, {**GOOD, "question": "R?", "choices": ["a", "b", "c"]}])
-    assert msg.startswith("bad.jsonl:2:") and "3 choices" in msg
+TEN = {"subject": "physics", "question": "Pick one.", "choices": [f"opt{i}" for i in range(10)], "answer": "J"}
+
+
+def test_one_choice_is_an_error_naming_file_and_line(tmp_path):
+    msg = _bad_jsonl(tmp_path, [GOOD, {**GOOD, "question": "R?", "choices": ["a"], "answer": 0}])
+    assert msg.startswith("bad.jsonl:2:") and "1 choices" in msg and "2 to 10 (A-J)" in msg
+
+
+def test_eleven_choices_is_an_error_naming_file_and_line(tmp_path):
+    msg = _bad_jsonl(tmp_path, [GOOD, {**TEN, "choices": [f"o{i}" for i in range(11)], "answer": 0}])
+    assert msg == "bad.jsonl:2: question has 11 choices; letter scoring handles 2 to 10 (A-J); fix or drop the row"
+
+
+@pytest.mark.parametrize("n", [2, 3, 10])
+def test_two_to_ten_choices_load_from_jsonl(tmp_path, n):
+    path = tmp_path / "ok.jsonl"
+    path.write_text(json.dumps({**TEN, "choices": [f"opt{i}" for i in range(n)], "answer": n - 1}) + "\n")
+    (q,) = mmlu.load_questions(path)
+    assert len(q.choices) == n and q.answer == n - 1
+
+
+def test_ten_choice_question_loads_and_its_prompt_lists_a_to_j(tmp_path):
+    path = tmp_path / "pro.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n" + json.dumps(TEN) + "\n")
+    four, ten = mmlu.load_questions(path)
+    assert ten.choices == tuple(f"opt{i}" for i in range(10)) and ten.answer == 9  # "J"
+    assert mmlu.prompt(ten).endswith("Pick one.\n" + "".join(f"{L}. opt{i}\n" for i, L in enumerate("ABCDEFGHIJ"))
+                                      + "Answer:")
+    # a 4-choice question renders only its own letters, even beside a 10-choice one
+    assert "\nD. d\nAnswer:" in mmlu.prompt(four) and "\nE." not in mmlu.prompt(four)
+    assert mmlu.prompt(four, [ten]).count("\nJ. opt9\nAnswer: J\n\n") == 1
+
+
+def test_answer_letters_are_limited_to_the_questions_own():
+    assert mmlu.make_question("s", "Q?", [str(i) for i in range(10)], "J", "x:1").answer == 9
+    assert mmlu.make_question("s", "Q?", [str(i) for i in range(10)], " j ", "x:1").answer == 9
+    assert mmlu.make_question("s", "Q?", ["a", "b", "c"], "C", "x:1").answer == 2
+    with pytest.raises(DataError) as e:
+        mmlu.make_question("s", "Q?", ["a", "b", "c", "d"], "E", "x.jsonl:7")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("x.jsonl:7:") and "0-3 or A-D" in msg
+    for bad in ("", "AB", None, True, -1, 4):
+        with pytest.raises(DataError, match="0-3 or A-D"):
+            mmlu.make_question("s", "Q?", ["a", "b", "c", "d"], bad, "x:1")
 
 
 def test_answer_out_of_range(tmp_path):
-    assert "out of range" in _bad_jsonl(tmp_path, [{**GOOD, "answer": 7}])
+    msg = _bad_jsonl(tmp_path, [{**GOOD, "answer": 7}])
+    assert "out of range" in msg and "0-3 or A-D" in msg
+    msg = _bad_jsonl(tmp_path, [{**GOOD, "choices": ["a", "b", "c"], "answer": 3}])
+    assert "out of range" in msg and "0-2 or A-C" in msg
+
+
+def test_berkeley_csv_stays_four_choices(tmp_path):
+    folder = tmp_path / "test"
+    folder.mkdir()
+    with open(folder / "anatomy_test.csv", "w", newline="") as f:
+        csv.writer(f).writerow(["Q?", "a", "b", "c", "d", "e", "A"])
+    with pytest.raises(DataError, match="anatomy_test.csv:1: expected question, 4 choices"):
+        mmlu.load_questions(tmp_path)
 
 
 def test_duplicate_id_with_different_content(tmp_path):
@@ -144,11 +199,53 @@ def test_zero_shot_prompt_is_lm_eval_format():
     )
 
 
-def test_few_shot_exemplars_come_from_train_of_the_same_subject(vendored):
-    q = vendored[500]
-    train = [t for t in vendored if t.id != vendored[501].id]
+@pytest.fixture(scope="module")
+def train(vendored):
+    return [q for q in vendored if split_of(q.id) is Split.TRAIN]
+
+
+def test_few_shot_exemplars_come_from_train_of_the_same_subject(vendored, train):
+    q = next(q for q in vendored if split_of(q.id) is Split.TEST)
     shots = mmlu.few_shot_exemplars(q, train, 5)
-    assert len(shots) == 5 and all(s.subject == q.subject and s.id != q.id for s in shots)
+    assert len(shots) == 5 and len({s.id for s in shots}) == 5
+    assert all(s.subject == q.subject and s.id != q.id and split_of(s.id).value == "train" for s in shots)
     text = mmlu.prompt(q, shots)
     assert text.count("Answer:") == 6 and text.endswith("Answer:")
     assert f"Answer: {'ABCD'[shots[0].answer]}\n\n" in text
+    # q itself in the candidates is never its own exemplar
+    assert q.id not in {s.id for s in mmlu.few_shot_exemplars(q, [q, *train], 5)}
+
+
+def test_few_shot_exemplars_are_shared_across_a_subject(vendored, train):
+    subject = "anatomy"
+    questions = [q for q in vendored if q.subject == subject]
+    k = 5
+    shots = {q.id: [s.id for s in mmlu.few_shot_exemplars(q, train, k)] for q in questions}
+    shared = next(v for qid, v in shots.items() if split_of(qid) is not Split.TRAIN)
+    assert len(shared) == k
+    for qid, got in shots.items():
+        assert len(got) == k and qid not in got  # an exemplar never sees itself
+        assert all(split_of(s).value == "train" for s in got)
+        if qid in shared:  # an exemplar gets the other k-1 plus the (k+1)-th
+            assert set(got) - set(shared) == {got[-1]} and set(shared) - set(got) == {qid}
+        else:
+            assert got == shared
+    assert sum(qid in shared for qid in shots) == k
+    # the order is fixed by the subject and ids, not by the order of `train`
+    shuffled = list(train)
+    random.Random(0).shuffle(shuffled)
+    assert {q.id: [s.id for s in mmlu.few_shot_exemplars(q, shuffled, k)] for q in questions} == shots
+    # non-exemplar prompts share one prefix
+    prefixes = {mmlu.prompt_prefix(q, mmlu.few_shot_exemplars(q, train, k)) for q in questions if q.id not in shared}
+    assert len(prefixes) == 1
+
+
+def test_prompt_is_prefix_plus_the_question(vendored, train):
+    for q in vendored[::997]:
+        for ex in ([], mmlu.few_shot_exemplars(q, train, 5)):
+            prefix = mmlu.prompt_prefix(q, ex)
+            text = mmlu.prompt(q, ex)
+            assert text == prefix + mmlu._format(q, False)
+            assert text[len(prefix):].startswith(q.question.strip()) and text.endswith("Answer:")
+    q = mmlu.make_question("high_school_physics", "What is g?", ["1", "9.8", "3", "4"], 1, "x")
+    assert mmlu.prompt_prefix(q) == "The following are multiple choice questions (with answers) about high school physics.\n\n"

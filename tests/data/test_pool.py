@@ -34,7 +34,7 @@ def test_cost_is_price_times_tokens():
     ([dict(name="a", input_price=-1, output_price=1)], "negative"),
     ([dict(name="a", input_price=1, output_price=1, colour="red")], "unknown keys"),
     ([dict(name="a", input_price=1)], "needs name"),
-    ([dict(name="a", input_price=1, output_price=1, backend="flax")], "unknown keys"),
+    ([dict(name="a", input_price=1, output_price=1, backend="flax")], "names no checkpoint"),
     ([dict(input_price=1, output_price=1)], r"pool\[0\] has no name"),
     ([dict(name="", input_price=1, output_price=1)], r"pool\[0\] has no name"),
 ])
