@@ -64,32 +64,12 @@ def run(cfg) -> dict:
     for e in live:
         done = store.done(e.name)
         todo = [q for q in targets if q.id not in done]
-        stats = dict(answered=0, correct=0, unparsed=0, in_tokens=0, out_tokens=0, cost=0.0, seconds=0.0)
+        stats = _empty_stats()
         if todo:
             expert = LiveExpert.load(e, mesh, bank, batch=cfg.experts.batch_size, max_tokens=cfg.experts.max_tokens,
                                      max_new_tokens=cfg.experts.max_new_tokens)
-            ids = expert.prompt_ids(todo)
             bar = tqdm(total=len(todo), desc=e.name, unit="q", disable=not main, dynamic_ncols=True)
-            for ans in expert.answer(todo, ids):
-                qs = [todo[i] for i in ans.index]
-                gold = np.array([q.answer for q in qs])
-                outcome = (ans.choice == gold).astype(np.float32)
-                cost = (ans.in_tokens * e.input_price + ans.out_tokens * e.output_price) / 1e6
-                soft = ans.probs[np.arange(len(qs)), gold]  # P(gold letter); NaN for chat replies
-                if main:  # one writer; the batch commits whole or not at all
-                    store.append([q.id for q in qs], [e.name] * len(qs), outcome, cost, round=0, source=SOURCE,
-                                 soft=soft, choice=ans.choice, letters=ans.probs, in_tokens=ans.in_tokens,
-                                 out_tokens=ans.out_tokens, wall_s=np.full(len(qs), ans.seconds / len(qs)), grader="gold")
-                stats["answered"] += len(qs)
-                stats["correct"] += int(outcome.sum())
-                stats["unparsed"] += int((ans.choice < 0).sum())
-                stats["in_tokens"] += int(ans.in_tokens.sum())
-                stats["out_tokens"] += int(ans.out_tokens.sum())
-                stats["cost"] += float(cost.sum())
-                stats["seconds"] += ans.seconds
-                bar.update(len(qs))
-                bar.set_postfix(acc=f"{stats['correct'] / stats['answered']:.3f}",
-                                tok_s=f"{stats['in_tokens'] / max(stats['seconds'], 1e-9):.0f}")
+            stats = answer_into(store, expert, todo, write=main, bar=bar)
             bar.close()
         summary[e.name] = _summarise(e, store, targets, stats)
 
@@ -100,6 +80,38 @@ def run(cfg) -> dict:
         print(md)
         print(f"records: {common.records_dir(cfg)} ({len(store)} rows); wrote {out}/experts_summary.{{json,md}}")
     return summary
+
+
+def _empty_stats() -> dict:
+    return dict(answered=0, correct=0, unparsed=0, in_tokens=0, out_tokens=0, cost=0.0, seconds=0.0)
+
+
+def answer_into(store, expert: LiveExpert, todo: list[mmlu.Question], write: bool = True, bar=None) -> dict:
+    """Answer `todo`, appending each batch to `store` as one commit (write: this process is
+    the writer); returns this call's counts, tokens, dollars and seconds."""
+    e, stats = expert.expert, _empty_stats()
+    for ans in expert.answer(todo):
+        qs = [todo[i] for i in ans.index]
+        gold = np.array([q.answer for q in qs])
+        outcome = (ans.choice == gold).astype(np.float32)
+        cost = (ans.in_tokens * e.input_price + ans.out_tokens * e.output_price) / 1e6
+        soft = ans.probs[np.arange(len(qs)), gold]  # P(gold letter); NaN for chat replies
+        if write:  # the batch commits whole or not at all
+            store.append([q.id for q in qs], [e.name] * len(qs), outcome, cost, round=0, source=SOURCE, soft=soft,
+                         choice=ans.choice, letters=ans.probs, in_tokens=ans.in_tokens, out_tokens=ans.out_tokens,
+                         wall_s=np.full(len(qs), ans.seconds / len(qs)), grader="gold")
+        stats["answered"] += len(qs)
+        stats["correct"] += int(outcome.sum())
+        stats["unparsed"] += int((ans.choice < 0).sum())
+        stats["in_tokens"] += int(ans.in_tokens.sum())
+        stats["out_tokens"] += int(ans.out_tokens.sum())
+        stats["cost"] += float(cost.sum())
+        stats["seconds"] += ans.seconds
+        if bar is not None:
+            bar.update(len(qs))
+            bar.set_postfix(acc=f"{stats['correct'] / stats['answered']:.3f}",
+                            tok_s=f"{stats['in_tokens'] / max(stats['seconds'], 1e-9):.0f}")
+    return stats
 
 
 def _summarise(e, store, targets, stats) -> dict:
