@@ -3,8 +3,9 @@
     python -m leeroo_jax.score --config=configs/mmlu.py --config.job=add_expert \
         --config.checkpoint=checkpoints/mmlu_holdout --config.add_expert.probes=50
 
-The experts in config.pool that the checkpoint's pool lacks are new. For each, K graded TRAIN
-questions (the probes, drawn with add_expert.seed) are all that is known of it. Everything
+The experts in config.pool that the checkpoint's pool lacks are new; their outcomes come from
+the record store (config.data.records; a live expert's are what the scoring job recorded). For
+each, K graded TRAIN questions (the probes, drawn with add_expert.seed) are all that is known of it. Everything
 trained stays frozen; only the new expert's row of the head is fitted:
 
     logit[b, new] = <h_b, u_new> + bias_new + <w, logit(f[b, new, :])>
@@ -54,6 +55,8 @@ def _new_config(cfg, base_cfg):
     out = copy.deepcopy(base_cfg)
     out.pool = [dict(e) for e in base_cfg.pool] + new  # old rows keep their indices
     out.data.extra_experts = "skip"
+    if cfg.data.records:  # e.g. a live expert's scored records (score --config.job=experts)
+        out.data.records = cfg.data.records
     out.run_name = cfg.add_expert.run_name or f"{base_cfg.run_name}+{len(new)}"
     return out, [e["name"] for e in new]
 

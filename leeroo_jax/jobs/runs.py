@@ -40,6 +40,8 @@ def train_config(run_dir: str | os.PathLike) -> ml_collections.ConfigDict:
                           "and ckpt/); pass checkpoints/<run_name> of a finished `leeroo_jax.train` run")
     cfg = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
     cfg.output_root, cfg.run_name = str(run_dir.parent), run_dir.name  # the run's own record store
+    if "records" not in cfg.data:  # runs saved before config.data.records existed used <run>/records
+        cfg.data.records = ""
     return cfg
 
 

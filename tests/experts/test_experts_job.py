@@ -4,6 +4,7 @@ and that training reads its records with no conversion step."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pathlib
@@ -162,3 +163,26 @@ def test_a_question_with_eleven_options_is_refused(tmp_path, data):
     with pytest.raises(DataError, match="11 choices"):
         experts.run(cfg)
     assert not (tmp_path / cfg.run_name / "records").exists()
+
+
+def test_add_expert_adds_a_live_expert_from_its_scored_probes(scored, tmp_path):
+    """A 9-expert run grows by the two SmolLM2 experts, fitted on K of their scored TRAIN answers."""
+    from leeroo_jax.jobs import add_expert
+
+    cfg9 = tiny.get_config()
+    cfg9.output_root, cfg9.data = str(tmp_path), copy.deepcopy(scored[0].data)
+    cfg9.data.records = ""  # the base run imports its own 9-expert store
+    cfg9.train.steps, cfg9.train.eval_every, cfg9.train.batch_size = 10, 10, 8
+    train.run(cfg9)
+    cfg = tiny.get_config("live")
+    cfg.output_root, cfg.job, cfg.checkpoint = str(tmp_path), "add_expert", str(tmp_path / "tiny")
+    cfg.data = copy.deepcopy(scored[0].data)
+    cfg.data.records = str(scored[2] / "records")  # what the scoring job recorded
+    cfg.add_expert.probes = 8
+    rep = add_expert.run(cfg)
+    assert set(rep["added_experts"]) == set(LIVE) and set(LIVE) <= set(rep["experts"])
+    probes = json.loads((tmp_path / "tiny+2" / "probes.json").read_text())
+    done = RecordStore(scored[2] / "records")
+    for name in LIVE:
+        assert len(probes[name]) == 8 and set(probes[name]) <= done.done(name)
+        assert all(int(q, 16) % 10 >= 4 for q in probes[name])  # TRAIN questions only
