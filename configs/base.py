@@ -49,6 +49,17 @@ def get_config():
     c.experts.max_tokens = 2048  # rows x padded length per batch
     c.experts.max_new_tokens = 16  # chat recipe: reply length cap
 
+    # selfplay.py: rounds of (explore -> call -> grade -> record -> retrain); see jobs/selfplay.py
+    c.selfplay = ml_collections.ConfigDict()
+    c.selfplay.rounds = 8
+    c.selfplay.start_fraction = 0.05  # TRAIN questions whose outcomes are all known at round 0
+    c.selfplay.calls_per_round = 0.03125  # < 1: share of the bank's recorded (question, expert) pairs; else a count
+    c.selfplay.usd_per_round = 1.0  # dollars a round may spend on calls (at list price)
+    c.selfplay.strategy = "thompson"  # thompson | uncertainty | uniform (orchestrator/explore.py)
+    c.selfplay.samples = 8  # MC-dropout draws of p per round
+    c.selfplay.steps = 200  # training steps per round (warm-started from the previous round)
+    c.selfplay.seed = 0
+
     # score.py --config.job=add_expert: grow a trained run's pool (orchestrator/add_expert.py)
     c.add_expert = ml_collections.ConfigDict()
     c.add_expert.probes = 50  # K graded TRAIN questions per new expert

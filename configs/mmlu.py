@@ -34,4 +34,7 @@ def get_config(variant: str | None = None):
         c.run_name = "mmlu_live"
         c.pool = [dict(e) for e in MMLU_9 + SMOLLM2_LIVE]
         return c
-    raise ValueError(f"configs/mmlu.py has no variant {variant!r}; choose finetune, holdout or live")
+    if variant == "selfplay":  # the honest bandit benchmark on the real outcomes (jobs/selfplay.py)
+        c.run_name = "mmlu_selfplay"
+        return c
+    raise ValueError(f"configs/mmlu.py has no variant {variant!r}; choose finetune, holdout, live or selfplay")

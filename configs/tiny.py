@@ -12,6 +12,11 @@ def get_config(variant: str | None = None):
         base.drop_expert(c, HOLDOUT)
     elif variant == "live":  # + SmolLM2 zero- and 5-shot, scored here (score --config.job=experts)
         c.pool = [dict(e) for e in MMLU_9 + SMOLLM2_LIVE]
+    elif variant == "selfplay":  # two short rounds
+        c.selfplay.rounds = 2
+        c.selfplay.steps = 10
+        c.selfplay.start_fraction = 0.2
+        c.selfplay.calls_per_round = 0.1
     elif variant not in (None, ""):
         raise ValueError(f"configs/tiny.py has no variant {variant!r}")
     c.run_name = "tiny" if not variant else f"tiny_{variant}"

@@ -9,6 +9,7 @@ from absl import app, flags, logging
 from leeroo_jax import compile_cache, distributed
 from leeroo_jax.data.pool import Pool
 from leeroo_jax.errors import ConfigError, run_main
+from leeroo_jax.orchestrator.explore import STRATEGIES
 from leeroo_jax.orchestrator.select import MODES
 
 JOBS = ("baselines", "route", "add_expert", "experts")
@@ -59,6 +60,22 @@ def check_train(cfg) -> None:
         raise ConfigError("config.train: layer_decay must be in (0, 1] and backbone_lr_scale >= 0")
     if t.steps % t.accumulate:
         raise ConfigError(f"config.train.steps={t.steps} must be a multiple of accumulate={t.accumulate}")
+
+
+def check_selfplay(cfg) -> None:
+    check_train(cfg)
+    sp = cfg.selfplay
+    if cfg.train.mode != "frozen":
+        raise ConfigError(f"self-play explores with MC dropout over the frozen-mode head; set --config.train.mode=frozen "
+                          f"(got {cfg.train.mode})")
+    if sp.strategy not in STRATEGIES:
+        raise ConfigError(f"config.selfplay.strategy={sp.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if not (isinstance(sp.rounds, int) and sp.rounds >= 0) or not 0 < sp.start_fraction <= 1:
+        raise ConfigError("config.selfplay: rounds must be an integer >= 0 and start_fraction in (0, 1]")
+    if not sp.calls_per_round > 0 or not sp.usd_per_round > 0 or not (isinstance(sp.samples, int) and sp.samples > 0):
+        raise ConfigError("config.selfplay: calls_per_round, usd_per_round and samples must be positive")
+    if not (isinstance(sp.steps, int) and sp.steps > 0):
+        raise ConfigError(f"config.selfplay.steps={sp.steps!r} must be a positive integer")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

@@ -56,3 +56,11 @@ def predict(graphdef, state, batch):
     """p [B, E] = sigmoid(logits), dropout off."""
     model, _ = nnx.merge(graphdef, state)
     return jax.nn.sigmoid(_logits(model, batch))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def predict_samples(graphdef, state, batch, keys):
+    """p [S, B, E]: one sigmoid(logits) per dropout key [S], dropout on (MC dropout: S draws
+    from the head's approximate posterior, for Thompson sampling and uncertainty)."""
+    model, _ = nnx.merge(graphdef, state)
+    return jax.vmap(lambda k: jax.nn.sigmoid(_logits(model, batch, k)))(keys)

@@ -117,6 +117,18 @@ class Trainer:
             out[sel] = np.asarray(step.predict(self.graphdef, state or self.state, batch))[: len(sel)]
         return out
 
+    def predict_samples(self, rows: np.ndarray, n: int, seed: int) -> np.ndarray:
+        """p [n, len(rows), E] under n dropout masks (MC dropout), frozen mode."""
+        if self.tokens is not None:
+            raise ConfigError("MC-dropout sampling needs train.mode=frozen (self-play explores in frozen mode)")
+        keys = jax.random.split(jax.random.key(seed), n)
+        out = np.empty((n, len(rows), len(self.data.pool)), np.float32)
+        for s in range(0, len(rows), 4096):
+            sel = np.arange(s, min(s + 4096, len(rows)))
+            batch = sharding.shard_batch(self._query(rows[sel]), self.mesh)
+            out[:, sel] = np.asarray(step.predict_samples(self.graphdef, self.state, batch, keys))[:, : len(sel)]
+        return out
+
 
 def build(cfg, data: Dataset) -> Trainer:
     """The Trainer for cfg.train.mode (data.vecs set), loading the backbone in fine-tuning modes."""

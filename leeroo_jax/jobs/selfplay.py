@@ -1,0 +1,224 @@
+"""Self-play: the orchestrator chooses which experts to call, the answers are graded and
+recorded, and it retrains on what it gathered, round after round.
+
+    python -m leeroo_jax.selfplay --config=configs/mmlu.py:selfplay
+
+Two stores under the run directory:
+  oracle/   every recorded outcome (the graded-outcomes CSV, imported once). A recorded expert's
+            outcome is read from here only when the loop calls that expert on that question.
+  records/  what the loop knows: seeded (round 0) with every VAL and TEST outcome (evaluation
+            only; never trained on) and all outcomes of `start_fraction` of TRAIN questions;
+            each round appends the calls it made (round r, grader "gold").
+Round r = 1..R, on the bank (TRAIN questions, their outcomes withheld):
+  (b) the round r-1 orchestrator draws `samples` MC-dropout p's for every bank question, and
+      `explore.choose_calls` picks (question, expert) calls within `calls_per_round` and
+      `usd_per_round`, by `strategy` (thompson | uncertainty | uniform)
+  (c, d) a recorded expert reveals its oracle outcome; a live expert answers (experts/live.py);
+      both are graded against the gold letter
+  (e) the calls are appended to records/ in one commit
+  (f) the head retrains on all records, warm-started from round r-1's best (frozen mode)
+  (g) VAL and TEST hull AIQ, deployed accuracy at the weak expert's cost, calls and dollars
+      -> rounds.json, metrics.jsonl + TensorBoard (tb/), learning_curve.png
+Round 0 trains on the seed alone. Killed at any moment, the same command resumes: a round
+whose calls are in records/ is not called again; its training resumes from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import io
+import json
+import os
+import pathlib
+import shutil
+
+import numpy as np
+
+from leeroo_jax import distributed, fileio
+from leeroo_jax.data import dataset as dataset_lib
+from leeroo_jax.data.dataset import Dataset
+from leeroo_jax.data.pool import by_subject
+from leeroo_jax.data.records import RecordStore
+from leeroo_jax.eval import deployed as dep
+from leeroo_jax.eval import evaluate
+from leeroo_jax.eval import frontier as fr
+from leeroo_jax.experts.live import LiveExpert
+from leeroo_jax.jobs import common
+from leeroo_jax.orchestrator import explore
+from leeroo_jax.training import loop, trainer as trainer_lib
+from leeroo_jax.training.metrics_writer import MetricWriter
+
+SEED_SOURCE, ROUND_SOURCE = "selfplay_seed", "selfplay"
+
+
+def _view(full: Dataset, store: RecordStore, upto: int) -> Dataset:
+    """`full` as the loop knows it after round `upto`: outcomes of records/ rows of rounds <= upto."""
+    rows = store.read(["qid", "expert", "outcome", "soft", "round"])
+    keep = rows["round"] <= upto
+    q_index = {q.id: i for i, q in enumerate(full.questions)}
+    e_of = np.array([full.names.index(n) if n in full.names else -1 for n in store.experts])
+    qi = np.array([q_index.get(q, -1) for q in rows["qid"][keep]], np.int64)
+    ei = e_of[rows["expert"][keep]] if keep.any() else np.zeros(0, np.int64)
+    ok = (qi >= 0) & (ei >= 0)
+    outcome = np.zeros_like(full.outcome)
+    soft = np.full_like(full.soft, np.nan)
+    observed = np.zeros_like(full.observed)
+    outcome[qi[ok], ei[ok]] = rows["outcome"][keep][ok]
+    soft[qi[ok], ei[ok]] = rows["soft"][keep][ok]
+    observed[qi[ok], ei[ok]] = True
+    return dataclasses.replace(full, outcome=outcome, soft=soft, observed=observed)
+
+
+def _seed(cfg, full: Dataset, path: pathlib.Path) -> None:
+    """records/ at round 0: VAL and TEST outcomes, and `start_fraction` of TRAIN questions whole."""
+    if (path / "manifest.json").exists():
+        return
+    tr = full.rows("train")
+    rng = np.random.default_rng([cfg.selfplay.seed, 0])
+    start = rng.choice(tr, int(round(cfg.selfplay.start_fraction * len(tr))), replace=False)
+    rows = np.concatenate([full.rows("val"), full.rows("test"), np.sort(start)])
+    q, e = np.nonzero(full.observed[rows])
+    q = rows[q]
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    store = RecordStore(tmp, full.names)
+    store.append([full.questions[i].id for i in q], [full.names[j] for j in e], full.outcome[q, e], full.cost[q, e],
+                 round=0, source=SEED_SOURCE, soft=full.soft[q, e], grader="gold")
+    os.replace(tmp, path)  # the seed appears whole or not at all
+
+
+def _round_cfg(cfg, out: pathlib.Path, r: int):
+    c = copy.deepcopy(cfg)
+    c.train.steps = cfg.selfplay.steps
+    c.train.eval_every = cfg.selfplay.steps
+    c.train.log_every = cfg.selfplay.steps
+    c.train.init_head_from = str(out / f"round_{r - 1:02d}") if r > 0 else ""
+    return c
+
+
+def _train(cfg, view: Dataset, out: pathlib.Path, r: int) -> trainer_lib.Trainer:
+    """Round r's orchestrator (resumes from its own checkpoints when they exist)."""
+    c = _round_cfg(cfg, out, r)
+    trainer = trainer_lib.Trainer(c, view, trainer_lib.side_features(c, view), trainer_lib.make_mesh(c))
+    return loop.fit(c, trainer, out / f"round_{r:02d}", evaluate.val_hook(view, c.eval.weak, trainer.predict))
+
+
+def _metrics(cfg, full: Dataset, trainer) -> dict:
+    """VAL / TEST hull AIQ and deployed accuracy at the weak expert's mean cost."""
+    out = {}
+    for split in ("val", "test"):
+        ev = full.eval_set(split)
+        names = [full.names[e] for e in ev.experts]
+        cost, outcome = full.cost[np.ix_(ev.rows, ev.experts)], full.outcome[np.ix_(ev.rows, ev.experts)]
+        p = trainer.predict(ev.rows)[:, ev.experts]
+        summ = fr.summarize(fr.sweep(p, cost, outcome), names, cost, outcome)
+        weak = float(cost[:, names.index(cfg.eval.weak)].mean())
+        out[f"{split}_aiq"] = summ.aiq
+        out[f"{split}_deployed_acc_at_weak_cost"] = dep.deployed(p, cost, outcome, weak)["acc"]
+    return out
+
+
+class _Caller:
+    """Makes the calls: oracle outcomes for recorded experts, live runs for live ones."""
+
+    def __init__(self, cfg, full: Dataset, oracle: Dataset):
+        self.cfg, self.full, self.oracle, self._live = cfg, full, oracle, {}
+
+    def callable(self, rows: np.ndarray, view: Dataset) -> np.ndarray:
+        live = np.array([e.live for e in self.full.pool.experts])
+        return ~view.observed[rows] & (self.oracle.observed[rows] | live[None, :])
+
+    def call(self, pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(outcome, soft, cost) per (question row, expert) pair."""
+        outcome = np.array([self.oracle.outcome[q, e] for q, e in pairs], np.float64)
+        soft = np.array([self.oracle.soft[q, e] for q, e in pairs], np.float64)
+        cost = np.array([self.full.cost[q, e] for q, e in pairs], np.float64)
+        for e in {e for _, e in pairs if self.full.pool.experts[e].live}:
+            idx = [i for i, (_, ee) in enumerate(pairs) if ee == e]
+            qs = [self.full.questions[pairs[i][0]] for i in idx]
+            for ans in self._expert(e).answer(qs):
+                for j, k in enumerate(ans.index):
+                    i = idx[k]
+                    outcome[i] = float(ans.choice[j] == qs[k].answer)
+                    soft[i] = ans.probs[j, qs[k].answer]
+                    ex = self.full.pool.experts[e]
+                    cost[i] = (ans.in_tokens[j] * ex.input_price + ans.out_tokens[j] * ex.output_price) / 1e6
+        return outcome, soft, cost
+
+    def _expert(self, e: int) -> LiveExpert:
+        if e not in self._live:
+            self._live[e] = LiveExpert.load(self.full.pool.experts[e], trainer_lib.make_mesh(self.cfg),
+                                            by_subject(self.full.questions), batch=self.cfg.experts.batch_size,
+                                            max_tokens=self.cfg.experts.max_tokens,
+                                            max_new_tokens=self.cfg.experts.max_new_tokens)
+        return self._live[e]
+
+
+def run(cfg) -> list[dict]:
+    sp = cfg.selfplay
+    out = common.output_dir(cfg)
+    oracle = dataset_lib.load(cfg, out / "oracle", lambda texts: common.embed(cfg, texts))
+    store_dir = out / "records"
+    if distributed.is_main_process():
+        _seed(cfg, oracle, store_dir)
+    common.write_config(cfg, out)
+    store = RecordStore(store_dir)
+    caller = _Caller(cfg, oracle, oracle)
+    bank = oracle.rows("train")
+    pairs_total = int(oracle.observed[bank].sum())  # the bank's recorded outcomes: 100% of what can be revealed
+    per_round = int(round(sp.calls_per_round * pairs_total)) if sp.calls_per_round < 1 else int(sp.calls_per_round)
+    done_path = out / "rounds.json"
+    rounds = json.loads(done_path.read_text()) if done_path.exists() else []
+    prev = _train(cfg, _view(oracle, store, len(rounds) - 1), out, len(rounds) - 1) if rounds else None
+
+    with MetricWriter(out) as writer:
+        for r in range(len(rounds), sp.rounds + 1):
+            if r > 0 and not (store.read(["round"])["round"] == r).any():
+                view = _view(oracle, store, r - 1)
+                samples = prev.predict_samples(bank, sp.samples, seed=sp.seed * 1000 + r)
+                rng = np.random.default_rng([sp.seed, r])
+                made = explore.choose_calls(sp.strategy, samples, oracle.cost[bank], caller.callable(bank, view),
+                                            per_round, sp.usd_per_round, rng)
+                pairs = [(int(bank[q]), e) for q, e in made]
+                outcome, soft, cost = caller.call(pairs)
+                if distributed.is_main_process() and pairs:  # one commit: the round's calls are all in or none
+                    store.append([oracle.questions[q].id for q, _ in pairs], [oracle.names[e] for _, e in pairs], outcome,
+                                 cost, round=r, source=ROUND_SOURCE, soft=soft, grader="gold")
+            view = _view(oracle, store, r)
+            prev = _train(cfg, view, out, r)
+            rows = store.read(["round", "cost"])
+            mine = rows["round"] == r
+            known = int(view.observed[bank].sum())
+            rec = {"round": r, "calls": int(mine.sum()) if r else 0, "usd": float(rows["cost"][mine].sum()) if r else 0.0,
+                   "train_pairs_known": known, "train_pairs_share": known / pairs_total, **_metrics(cfg, oracle, prev)}
+            rounds.append(rec)
+            writer.write(r, {k: v for k, v in rec.items() if k != "round"})
+            if distributed.is_main_process():
+                fileio.write_json(done_path, rounds, indent=1)
+                _plot(rounds, out / "learning_curve.png", sp.strategy)
+            print(f"round {r}: {rec['calls']} calls, ${rec['usd']:.4f}, TRAIN pairs known {rec['train_pairs_share']:.1%}, "
+                  f"VAL AIQ {rec['val_aiq']:.4f}, TEST AIQ {rec['test_aiq']:.4f}, "
+                  f"TEST deployed acc @weak {rec['test_deployed_acc_at_weak_cost']:.4f}")
+    return rounds
+
+
+def _plot(rounds: list[dict], path: pathlib.Path, label: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    x = [100 * r["train_pairs_share"] for r in rounds]
+    for key, style in (("val_aiq", "--"), ("test_aiq", "-")):
+        ax.plot(x, [r[key] for r in rounds], style, marker="o", label=f"{label}: {key.replace('_', ' ')}")
+    ax.set_xlabel("TRAIN (question, expert) outcomes known, %")
+    ax.set_ylabel("hull AIQ")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    plt.close(fig)
+    fileio.write_bytes(path, png.getvalue())
