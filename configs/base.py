@@ -57,8 +57,19 @@ def get_config():
     c.selfplay.usd_per_round = 1.0  # dollars a round may spend on calls (at list price)
     c.selfplay.strategy = "thompson"  # thompson | uncertainty | uniform (orchestrator/explore.py)
     c.selfplay.samples = 8  # MC-dropout draws of p per round
-    c.selfplay.steps = 200  # training steps per round (warm-started from the previous round)
+    c.selfplay.steps = 200  # training steps per round
+    c.selfplay.warm_start = False  # start each round from the previous round's head (else from scratch; see README)
     c.selfplay.seed = 0
+    c.selfplay.source = "bank"  # bank: TRAIN questions with withheld outcomes | generator: a live expert writes new ones
+    c.selfplay.generator = ""  # source=generator: the live pool expert that writes questions
+    c.selfplay.generate_subjects = ()  # () = every subject
+    c.selfplay.generate_per_subject = 2  # requests per subject per round
+    c.selfplay.generate_tokens = 96  # reply length cap
+    c.selfplay.judge = "weighted_majority"  # grades generated questions (experts/judge.py)
+    c.selfplay.judge_generator_vote = True  # the generator's claimed answer is one more voter
+    c.selfplay.judge_prior_accuracy = 0.5  # a voter's accuracy before it has 10 gold-graded TRAIN answers
+    c.selfplay.benchmark = False  # run the bandit benchmark instead (jobs/bandit.py): strategy vs uniform
+    c.selfplay.bench_seeds = 3
 
     # score.py --config.job=add_expert: grow a trained run's pool (orchestrator/add_expert.py)
     c.add_expert = ml_collections.ConfigDict()

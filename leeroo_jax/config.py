@@ -74,8 +74,23 @@ def check_selfplay(cfg) -> None:
         raise ConfigError("config.selfplay: rounds must be an integer >= 0 and start_fraction in (0, 1]")
     if not sp.calls_per_round > 0 or not sp.usd_per_round > 0 or not (isinstance(sp.samples, int) and sp.samples > 0):
         raise ConfigError("config.selfplay: calls_per_round, usd_per_round and samples must be positive")
+    if sp.benchmark and (sp.strategy == "uniform" or not (isinstance(sp.bench_seeds, int) and sp.bench_seeds > 0)):
+        raise ConfigError("config.selfplay.benchmark compares a strategy other than uniform with uniform, over "
+                          "bench_seeds >= 1 seeds; set --config.selfplay.strategy=thompson")
     if not (isinstance(sp.steps, int) and sp.steps > 0):
         raise ConfigError(f"config.selfplay.steps={sp.steps!r} must be a positive integer")
+    if sp.source not in ("bank", "generator"):
+        raise ConfigError(f"config.selfplay.source={sp.source!r}; choose bank or generator")
+    if sp.source == "generator":
+        pool = Pool.from_config(cfg.pool)
+        live = [e.name for e in pool.experts if e.live]
+        if not live:
+            raise ConfigError("config.selfplay.source=generator, but no pool expert can answer a generated question (all "
+                              "are recorded); add a live expert (backend='flax') to config.pool")
+        if sp.generator not in live:
+            raise ConfigError(f"config.selfplay.generator={sp.generator!r} must name a live pool expert ({', '.join(live)})")
+        if sp.judge != "weighted_majority" or not 0 < sp.judge_prior_accuracy < 1:
+            raise ConfigError("config.selfplay.judge must be weighted_majority, judge_prior_accuracy in (0, 1)")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

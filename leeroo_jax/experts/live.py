@@ -196,16 +196,30 @@ class LiveExpert:
         in_tokens = np.array([len(ids[i]) for i in rows], np.int32)
         return Answers(np.asarray(rows), logp, probs, z.argmax(1), in_tokens, np.ones(len(rows), np.int32), seconds)
 
-    def _chat(self, questions, ids) -> Iterator[Answers]:
+    def _generate(self, ids: list[list[int]], max_new_tokens: int) -> Iterator[tuple[list[int], list[list[int]], float]]:
+        """(rows, generated token ids per row, seconds) per length-bucketed batch, greedy."""
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         for b, _, rows in plan_batches([len(s) for s in ids], self.batch, self.step, self.max_tokens):
             t0 = time.perf_counter()
             prompts = [ids[i] for i in rows]
             prompts += [prompts[-1]] * (-(-max(b, len(rows)) // self.row_multiple) * self.row_multiple - len(prompts))
-            outs = generate.greedy_generate(self.model, prompts, self.max_new_tokens, eos)[: len(rows)]
+            with jax.set_mesh(self.mesh):
+                outs = generate.greedy_generate(self.model, prompts, max_new_tokens, eos)[: len(rows)]
+            yield rows, outs, time.perf_counter() - t0
+
+    def continue_texts(self, texts: Sequence[str], max_new_tokens: int) -> list[str]:
+        """Greedy continuations of raw text prompts (no chat template), decoded."""
+        ids = [list(x) for x in self.tokenizer(list(texts))["input_ids"]]
+        out = [""] * len(texts)
+        for rows, outs, _ in self._generate(ids, max_new_tokens):
+            for i, o in zip(rows, outs):
+                out[i] = self.tokenizer.decode(o, skip_special_tokens=True)
+        return out
+
+    def _chat(self, questions, ids) -> Iterator[Answers]:
+        for rows, outs, seconds in self._generate(ids, self.max_new_tokens):
             replies = [self.tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]
             choice = np.array([parse_letter(r, len(questions[i].choices)) for r, i in zip(replies, rows)])
             none = np.full((len(rows), N_LETTERS), np.nan, np.float32)
-            yield Answers(np.asarray(rows), none, none, choice,
-                          np.array([len(ids[i]) for i in rows], np.int32), np.array([len(o) for o in outs], np.int32),
-                          time.perf_counter() - t0, replies)
+            yield Answers(np.asarray(rows), none, none, choice, np.array([len(ids[i]) for i in rows], np.int32),
+                          np.array([len(o) for o in outs], np.int32), seconds, replies)

@@ -43,6 +43,8 @@ from leeroo_jax.data.records import RecordStore
 from leeroo_jax.eval import deployed as dep
 from leeroo_jax.eval import evaluate
 from leeroo_jax.eval import frontier as fr
+from leeroo_jax.data.mmlu import Question, make_question
+from leeroo_jax.experts import generator, judge
 from leeroo_jax.experts.live import LiveExpert
 from leeroo_jax.jobs import common
 from leeroo_jax.orchestrator import explore
@@ -93,7 +95,7 @@ def _round_cfg(cfg, out: pathlib.Path, r: int):
     c.train.steps = cfg.selfplay.steps
     c.train.eval_every = cfg.selfplay.steps
     c.train.log_every = cfg.selfplay.steps
-    c.train.init_head_from = str(out / f"round_{r - 1:02d}") if r > 0 else ""
+    c.train.init_head_from = str(out / f"round_{r - 1:02d}") if r > 0 and cfg.selfplay.warm_start else ""
     return c
 
 
@@ -122,31 +124,39 @@ def _metrics(cfg, full: Dataset, trainer) -> dict:
 class _Caller:
     """Makes the calls: oracle outcomes for recorded experts, live runs for live ones."""
 
-    def __init__(self, cfg, full: Dataset, oracle: Dataset):
-        self.cfg, self.full, self.oracle, self._live = cfg, full, oracle, {}
+    def __init__(self, cfg, full: Dataset):
+        self.cfg, self.full, self.oracle, self._live = cfg, full, full, {}
 
     def callable(self, rows: np.ndarray, view: Dataset) -> np.ndarray:
         live = np.array([e.live for e in self.full.pool.experts])
         return ~view.observed[rows] & (self.oracle.observed[rows] | live[None, :])
 
-    def call(self, pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(outcome, soft, cost) per (question row, expert) pair."""
+    def call(self, pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(outcome against the question's answer, soft, cost, live choice or -1) per (row, expert) pair."""
         outcome = np.array([self.oracle.outcome[q, e] for q, e in pairs], np.float64)
         soft = np.array([self.oracle.soft[q, e] for q, e in pairs], np.float64)
         cost = np.array([self.full.cost[q, e] for q, e in pairs], np.float64)
+        choice = np.full(len(pairs), -1, np.int64)
         for e in {e for _, e in pairs if self.full.pool.experts[e].live}:
             idx = [i for i, (_, ee) in enumerate(pairs) if ee == e]
             qs = [self.full.questions[pairs[i][0]] for i in idx]
-            for ans in self._expert(e).answer(qs):
+            for ans in self.expert(e).answer(qs):
                 for j, k in enumerate(ans.index):
                     i = idx[k]
+                    choice[i] = ans.choice[j]
                     outcome[i] = float(ans.choice[j] == qs[k].answer)
                     soft[i] = ans.probs[j, qs[k].answer]
                     ex = self.full.pool.experts[e]
                     cost[i] = (ans.in_tokens[j] * ex.input_price + ans.out_tokens[j] * ex.output_price) / 1e6
-        return outcome, soft, cost
+        return outcome, soft, cost, choice
 
-    def _expert(self, e: int) -> LiveExpert:
+    def reset(self, full: Dataset) -> None:
+        """The question set grew (generated questions): the same experts, the new dataset."""
+        self.full = self.oracle = full
+        for live in self._live.values():
+            live.bank = by_subject(full.questions)
+
+    def expert(self, e: int) -> LiveExpert:
         if e not in self._live:
             self._live[e] = LiveExpert.load(self.full.pool.experts[e], trainer_lib.make_mesh(self.cfg),
                                             by_subject(self.full.questions), batch=self.cfg.experts.batch_size,
@@ -155,17 +165,75 @@ class _Caller:
         return self._live[e]
 
 
+def _read_generated(path: pathlib.Path) -> list[tuple[int, Question]]:
+    if not path.exists():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        row = json.loads(line)
+        out.append((row["round"], make_question(row["subject"], row["question"], row["choices"], row["answer"],
+                                                f"{path.name}:{n}")))
+    return out
+
+
+def _generate_round(cfg, caller: "_Caller", generated, r: int, out: pathlib.Path) -> dict:
+    """Round r's new questions (written to generated.jsonl before any call); reject counts."""
+    sp = cfg.selfplay
+    full = caller.full
+    subjects = list(sp.generate_subjects) or sorted(set(full.subjects))
+    live = caller.expert(full.names.index(sp.generator))
+    made, rejects = generator.generate(live, by_subject(full.questions), subjects, sp.generate_per_subject,
+                                       {q.id for q in full.questions}, np.random.default_rng([sp.seed, r, 1]),
+                                       max_new_tokens=sp.generate_tokens)
+    generated += [(r, q) for q in made]
+    if distributed.is_main_process():
+        fileio.write_text(out / "generated.jsonl", "".join(json.dumps(
+            {"round": gr, "id": q.id, "subject": q.subject, "question": q.question, "choices": list(q.choices),
+             "answer": q.answer}) + "\n" for gr, q in generated))
+    return {"requested": len(subjects) * sp.generate_per_subject, "parsed": len(made), "rejects": dict(rejects)}
+
+
+def _judge(cfg, view: Dataset, real: np.ndarray, pairs, choice) -> np.ndarray:
+    """The judged answer per pair's question (-1: not judged): the called live experts' letters
+    weighted by their gold-graded accuracy on the real TRAIN questions so far (a prior below
+    10 such grades), plus the generator's claimed answer when judge_generator_vote."""
+    sp, full = cfg.selfplay, view
+
+    def accuracy(e: int) -> float:
+        seen = view.observed[real, e]
+        return float(view.outcome[real, e][seen].mean()) if seen.sum() >= 10 else sp.judge_prior_accuracy
+
+    votes: dict[int, list] = {}
+    for (q, e), c in zip(pairs, choice):
+        votes.setdefault(q, []).append((int(c), accuracy(e)))
+    gen = full.names.index(sp.generator)
+    answer = {}
+    for q, v in votes.items():
+        if sp.judge_generator_vote:
+            v = v + [(full.questions[q].answer, accuracy(gen))]
+        answer[q] = judge.weighted_majority(v, len(full.questions[q].choices))
+    return np.array([answer[q] for q, _ in pairs])
+
+
 def run(cfg) -> list[dict]:
     sp = cfg.selfplay
     out = common.output_dir(cfg)
-    oracle = dataset_lib.load(cfg, out / "oracle", lambda texts: common.embed(cfg, texts))
+    generated = _read_generated(out / "generated.jsonl")
+
+    def load() -> Dataset:
+        return dataset_lib.load(cfg, out / "oracle", lambda texts: common.embed(cfg, texts),
+                                extra_questions=[q for _, q in generated])
+
+    oracle = load()
     store_dir = out / "records"
     if distributed.is_main_process():
         _seed(cfg, oracle, store_dir)
     common.write_config(cfg, out)
     store = RecordStore(store_dir)
-    caller = _Caller(cfg, oracle, oracle)
+    caller = _Caller(cfg, oracle)
+    n_real = len(oracle.questions) - len(generated)  # generated questions come after the source's
     bank = oracle.rows("train")
+    bank = bank[bank < n_real]  # the real TRAIN questions
     pairs_total = int(oracle.observed[bank].sum())  # the bank's recorded outcomes: 100% of what can be revealed
     per_round = int(round(sp.calls_per_round * pairs_total)) if sp.calls_per_round < 1 else int(sp.calls_per_round)
     done_path = out / "rounds.json"
@@ -174,32 +242,51 @@ def run(cfg) -> list[dict]:
 
     with MetricWriter(out) as writer:
         for r in range(len(rounds), sp.rounds + 1):
+            extra = {}
             if r > 0 and not (store.read(["round"])["round"] == r).any():
+                rows, grader = bank, "gold"
+                if sp.source == "generator":
+                    if not any(gr == r for gr, _ in generated):
+                        extra["generation"] = _generate_round(cfg, caller, generated, r, out)
+                        oracle = load()
+                        caller.reset(oracle)
+                        prev = _train(cfg, _view(oracle, store, r - 1), out, r - 1)  # restored: p for the new rows too
+                    ids = {q.id for gr, q in generated if gr == r}
+                    rows = np.array([i for i, q in enumerate(oracle.questions) if q.id in ids], np.int64)
+                    grader = f"judge:{sp.judge}"
                 view = _view(oracle, store, r - 1)
-                samples = prev.predict_samples(bank, sp.samples, seed=sp.seed * 1000 + r)
+                samples = prev.predict_samples(rows, sp.samples, seed=sp.seed * 1000 + r)
                 rng = np.random.default_rng([sp.seed, r])
-                made = explore.choose_calls(sp.strategy, samples, oracle.cost[bank], caller.callable(bank, view),
+                made = explore.choose_calls(sp.strategy, samples, oracle.cost[rows], caller.callable(rows, view),
                                             per_round, sp.usd_per_round, rng)
-                pairs = [(int(bank[q]), e) for q, e in made]
-                outcome, soft, cost = caller.call(pairs)
+                pairs = [(int(rows[q]), e) for q, e in made]
+                outcome, soft, cost, choice = caller.call(pairs)
+                if sp.source == "generator":  # no gold answer: grade against the judge's
+                    answer = _judge(cfg, view, bank, pairs, choice)
+                    keep = answer >= 0
+                    extra["unjudged_calls"] = int((~keep).sum())
+                    pairs = [p for p, k in zip(pairs, keep) if k]
+                    outcome, soft, cost = (choice[keep] == answer[keep]).astype(np.float64), soft[keep], cost[keep]
                 if distributed.is_main_process() and pairs:  # one commit: the round's calls are all in or none
                     store.append([oracle.questions[q].id for q, _ in pairs], [oracle.names[e] for _, e in pairs], outcome,
-                                 cost, round=r, source=ROUND_SOURCE, soft=soft, grader="gold")
+                                 cost, round=r, source=ROUND_SOURCE, soft=soft, grader=grader)
             view = _view(oracle, store, r)
             prev = _train(cfg, view, out, r)
-            rows = store.read(["round", "cost"])
-            mine = rows["round"] == r
+            rows_ = store.read(["round", "cost"])
+            mine = rows_["round"] == r
             known = int(view.observed[bank].sum())
-            rec = {"round": r, "calls": int(mine.sum()) if r else 0, "usd": float(rows["cost"][mine].sum()) if r else 0.0,
-                   "train_pairs_known": known, "train_pairs_share": known / pairs_total, **_metrics(cfg, oracle, prev)}
+            rec = {"round": r, "calls": int(mine.sum()) if r else 0, "usd": float(rows_["cost"][mine].sum()) if r else 0.0,
+                   "train_pairs_known": known, "train_pairs_share": known / pairs_total, **extra,
+                   **_metrics(cfg, oracle, prev)}
             rounds.append(rec)
-            writer.write(r, {k: v for k, v in rec.items() if k != "round"})
+            writer.write(r, {k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "round"})
             if distributed.is_main_process():
                 fileio.write_json(done_path, rounds, indent=1)
                 _plot(rounds, out / "learning_curve.png", sp.strategy)
             print(f"round {r}: {rec['calls']} calls, ${rec['usd']:.4f}, TRAIN pairs known {rec['train_pairs_share']:.1%}, "
                   f"VAL AIQ {rec['val_aiq']:.4f}, TEST AIQ {rec['test_aiq']:.4f}, "
-                  f"TEST deployed acc @weak {rec['test_deployed_acc_at_weak_cost']:.4f}")
+                  f"TEST deployed acc @weak {rec['test_deployed_acc_at_weak_cost']:.4f}"
+                  + (f", generated {extra['generation']}" if "generation" in extra else ""))
     return rounds
 
 

@@ -16,11 +16,15 @@ import time
 import numpy as np
 import pytest
 
-from leeroo_jax.data import splits
+from configs import tiny
+from leeroo_jax.data import mmlu, splits
 from leeroo_jax.data.dataset import VENDORED_OUTCOMES
 from leeroo_jax.data.records import RecordStore
+from leeroo_jax.jobs import bandit
+from leeroo_jax.orchestrator import explore
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+USD_PER_ROUND = tiny.get_config("selfplay").selfplay.usd_per_round
 
 
 def _cmd(out):
@@ -57,7 +61,7 @@ def test_rounds_stay_in_budget_and_reveal_the_recorded_outcomes(run, truth):
     for r in rounds[1:]:
         mine = rows["round"] == r["round"]
         assert r["calls"] == mine.sum() > 0 and r["calls"] <= round(0.1 * bank_pairs)
-        assert r["usd"] == pytest.approx(rows["cost"][mine].sum()) and r["usd"] <= 1.0 + 1e-9
+        assert r["usd"] == pytest.approx(rows["cost"][mine].sum()) and r["usd"] <= USD_PER_ROUND + 1e-9
         assert all(splits.split_of(q) is splits.Split.TRAIN for q in rows["qid"][mine])  # only the bank is called
     pairs = list(zip(rows["qid"], rows["name"]))
     assert len(pairs) == len(set(pairs))  # no pair called twice, nor called after it was seeded
@@ -97,9 +101,6 @@ def test_kill_9_then_rerun_equals_the_uninterrupted_run(run, tmp_path):
 
 # --- the exploration strategies (orchestrator/explore.py) on synthetic posteriors ---------------
 
-from leeroo_jax.orchestrator import explore  # noqa: E402
-
-
 def _posterior(seed=0, q=40, e=5, s=6):
     rng = np.random.default_rng(seed)
     p = rng.uniform(0.05, 0.95, (s, q, e))
@@ -135,3 +136,64 @@ def test_thompson_with_one_sample_and_free_calls_picks_each_querys_best_expert_f
                                  rng=np.random.default_rng(0))
     best = np.argmax(np.where(callable_, p[0], -np.inf), axis=1)
     assert sorted(picks) == sorted((int(q), int(best[q])) for q in np.flatnonzero(callable_.any(1)))
+
+
+def test_bandit_benchmark_compares_at_equal_calls(tmp_path):
+    """Two seeds x (thompson, uniform) + full information, one round: the aggregate is the
+    sub-runs' numbers, and both strategies made the same number of calls each round."""
+    cfg = tiny.get_config("selfplay")
+    cfg.output_root = str(tmp_path)
+    cfg.selfplay.rounds, cfg.selfplay.bench_seeds, cfg.selfplay.benchmark = 1, 2, True
+    res = bandit.run(cfg)
+    bench = tmp_path / "tiny_selfplay" / "bench"
+    sub = {d.name: json.loads((d / "rounds.json").read_text()) for d in bench.iterdir()}
+    assert sorted(sub) == ["full_information_s0", "full_information_s1", "thompson_s0", "thompson_s1",
+                           "uniform_s0", "uniform_s1"]
+    for seed in (0, 1):
+        assert [r["calls"] for r in sub[f"thompson_s{seed}"]] == [r["calls"] for r in sub[f"uniform_s{seed}"]]
+        assert sub[f"full_information_s{seed}"][0]["train_pairs_share"] == 1.0
+    for r in (0, 1):
+        for s in ("thompson", "uniform"):
+            want = np.mean([sub[f"{s}_s{seed}"][r]["test_aiq"] for seed in (0, 1)])
+            assert res["rounds"][r][s]["test_aiq_mean"] == pytest.approx(want)
+    assert res["full_information_test_aiq"] == pytest.approx(
+        np.mean([sub[f"full_information_s{seed}"][0]["test_aiq"] for seed in (0, 1)]))
+    assert (tmp_path / "tiny_selfplay" / "bandit.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| round | TRAIN pairs known |" in (tmp_path / "tiny_selfplay" / "bandit.md").read_text()
+
+
+def test_live_smoke_generates_judges_and_retrains_with_the_live_expert(tmp_path, smollm2_path):
+    """configs/tiny.py:selfplay_live: SmolLM2 writes questions, answers them beside 9 recorded
+    experts, a judge grades them, and the retrained orchestrator scores the live expert."""
+    from leeroo_jax.training.checkpoint import Checkpointer
+
+    cmd = [sys.executable, "-m", "leeroo_jax.selfplay", "--config=configs/tiny.py:selfplay_live",
+           f"--config.output_root={tmp_path}"]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"selfplay_live took {time.time() - t0:.0f} s")
+    run = tmp_path / "tiny_selfplay_live"
+    rounds = json.loads((run / "rounds.json").read_text())
+    gen = [json.loads(line) for line in (run / "generated.jsonl").read_text().splitlines()]
+    assert gen and sum(r["generation"]["parsed"] for r in rounds[1:]) == len(gen)
+    for r in rounds[1:]:
+        g = r["generation"]
+        assert g["parsed"] + sum(g["rejects"].values()) == g["requested"] == 8
+    bank_ids = {q.id for q in mmlu.load_questions()}
+    for g in gen:  # parsed, new, TRAIN by the id rule, four distinct options
+        q = mmlu.make_question(g["subject"], g["question"], g["choices"], g["answer"], "generated")
+        assert q.id == g["id"] and q.id not in bank_ids and splits.split_of(q.id) is splits.Split.TRAIN
+        assert len(set(q.choices)) == 4
+    rows = _rows(run)
+    live = rows["round"] > 0
+    assert live.any() and set(rows["name"][live]) == {"smollm2-135m-0shot"}
+    assert set(rows["qid"][live]) <= {g["id"] for g in gen}
+    assert set(RecordStore(run / "records").grader_names(rows["grader"][live])) == {"judge:weighted_majority"}
+    assert np.isin(rows["outcome"][live], (0.0, 1.0)).all()
+    ckpt = Checkpointer(run / "round_02" / "ckpt")
+    state = ckpt.mgr.restore(ckpt.latest_step())
+    ckpt.close()
+    assert state["state"]["0"]["head"]["experts"].shape[0] == 10  # 9 recorded + the live expert
+    pool = [e["name"] for e in json.loads((run / "config.json").read_text())["pool"]]
+    assert pool[-1] == "smollm2-135m-0shot"
