@@ -12,23 +12,19 @@ def get_config(variant: str | None = None):
         base.drop_expert(c, HOLDOUT)
     elif variant == "live":  # + SmolLM2 zero- and 5-shot, scored here (score --config.job=experts)
         c.pool = [dict(e) for e in MMLU_9 + SMOLLM2_LIVE]
-    elif variant == "selfplay":  # two short rounds
+    elif variant in ("selfplay", "selfplay_live"):  # two short rounds
         c.selfplay.rounds = 2
         c.selfplay.steps = 10
         c.selfplay.start_fraction = 0.2
         c.selfplay.calls_per_round = 0.1
         c.selfplay.usd_per_round = 10.0  # the call budget binds, not the dollars: equal calls in the bandit test
-    elif variant == "selfplay_live":  # SmolLM2 writes questions and answers them beside the recorded experts
-        c.pool = [dict(e) for e in MMLU_9] + [dict(SMOLLM2_LIVE[0])]
-        c.selfplay.source = "generator"
-        c.selfplay.generator = SMOLLM2_LIVE[0]["name"]
-        c.selfplay.generate_subjects = ("high_school_geography", "astronomy")
-        c.selfplay.generate_per_subject = 4
-        c.selfplay.generate_tokens = 80
-        c.selfplay.rounds = 2
-        c.selfplay.steps = 10
-        c.selfplay.start_fraction = 0.2
-        c.selfplay.calls_per_round = 100
+        if variant == "selfplay_live":  # SmolLM2 writes questions and answers them beside the recorded experts
+            c.pool = [dict(e) for e in MMLU_9] + [dict(SMOLLM2_LIVE[0])]
+            c.selfplay.source = "generator"
+            c.selfplay.generator = SMOLLM2_LIVE[0]["name"]
+            c.selfplay.generate_subjects = ("high_school_geography", "astronomy")
+            c.selfplay.generate_per_subject = 4
+            c.selfplay.generate_tokens = 80
     elif variant not in (None, ""):
         raise ValueError(f"configs/tiny.py has no variant {variant!r}")
     c.run_name = "tiny" if not variant else f"tiny_{variant}"

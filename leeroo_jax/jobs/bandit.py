@@ -15,12 +15,11 @@ and resume like any self-play run.
 from __future__ import annotations
 
 import copy
-import io
-import pathlib
 
 import numpy as np
 
 from leeroo_jax import distributed, fileio
+from leeroo_jax.eval import curves as plots
 from leeroo_jax.jobs import common, selfplay
 
 
@@ -60,7 +59,7 @@ def run(cfg) -> dict:
         fileio.write_json(out / "bandit.json", res, indent=1)
         md = markdown(res)
         fileio.write_text(out / "bandit.md", md)
-        _plot(res, curves, out / "bandit.png")
+        plots.bandit_curves(res, curves, out / "bandit.png")
         print(md)
     return res
 
@@ -81,27 +80,3 @@ def markdown(res: dict) -> str:
                      f"{u['test_aiq_mean']:.4f} ({u['min']:.4f}-{u['max']:.4f}) | "
                      f"{a['test_aiq_mean'] - u['test_aiq_mean']:+.4f} | {r['share_of_full']:.1%} |")
     return "\n".join(lines) + "\n"
-
-
-def _plot(res: dict, curves: dict, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    x = [100 * r["train_pairs_share"] for r in res["rounds"]]
-    for s, runs in curves.items():
-        v = np.array([[c["test_aiq"] for c in run] for run in runs])  # [seeds, rounds]
-        ax.plot(x, v.mean(0), marker="o", label=f"{s} (mean of {len(runs)} seeds)")
-        ax.fill_between(x, v.min(0), v.max(0), alpha=0.2)
-    ax.axhline(res["full_information_test_aiq"], color="black", ls="--", lw=1, label="full information")
-    ax.set_xlabel("TRAIN (question, expert) outcomes known, %")
-    ax.set_ylabel("TEST hull AIQ")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png")
-    plt.close(fig)
-    fileio.write_bytes(path, png.getvalue())

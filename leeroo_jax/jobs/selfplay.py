@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import io
 import json
 import os
 import pathlib
@@ -40,6 +39,7 @@ from leeroo_jax.data import dataset as dataset_lib
 from leeroo_jax.data.dataset import Dataset
 from leeroo_jax.data.pool import by_subject
 from leeroo_jax.data.records import RecordStore
+from leeroo_jax.eval import curves
 from leeroo_jax.eval import deployed as dep
 from leeroo_jax.eval import evaluate
 from leeroo_jax.eval import frontier as fr
@@ -282,30 +282,9 @@ def run(cfg) -> list[dict]:
             writer.write(r, {k: v for k, v in rec.items() if isinstance(v, (int, float)) and k != "round"})
             if distributed.is_main_process():
                 fileio.write_json(done_path, rounds, indent=1)
-                _plot(rounds, out / "learning_curve.png", sp.strategy)
+                curves.learning_curve(rounds, out / "learning_curve.png", sp.strategy)
             print(f"round {r}: {rec['calls']} calls, ${rec['usd']:.4f}, TRAIN pairs known {rec['train_pairs_share']:.1%}, "
                   f"VAL AIQ {rec['val_aiq']:.4f}, TEST AIQ {rec['test_aiq']:.4f}, "
                   f"TEST deployed acc @weak {rec['test_deployed_acc_at_weak_cost']:.4f}"
                   + (f", generated {extra['generation']}" if "generation" in extra else ""))
     return rounds
-
-
-def _plot(rounds: list[dict], path: pathlib.Path, label: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
-    x = [100 * r["train_pairs_share"] for r in rounds]
-    for key, style in (("val_aiq", "--"), ("test_aiq", "-")):
-        ax.plot(x, [r[key] for r in rounds], style, marker="o", label=f"{label}: {key.replace('_', ' ')}")
-    ax.set_xlabel("TRAIN (question, expert) outcomes known, %")
-    ax.set_ylabel("hull AIQ")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png")
-    plt.close(fig)
-    fileio.write_bytes(path, png.getvalue())

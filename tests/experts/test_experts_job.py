@@ -24,6 +24,9 @@ from leeroo_jax.jobs import experts, train
 from slices import real_slice
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Job subprocesses run on one CPU device: 8 fake devices on 2 cores only slow a 135M model down
+# (the sharded path is tested in test_live.py on a data x fsdp x tensor mesh).
+ONE_DEVICE = {**os.environ, "XLA_FLAGS": ""}
 PER_SPLIT = {"train": 12, "val": 4, "test": 8}
 LIVE = ("smollm2-135m-0shot", "smollm2-135m-5shot")
 
@@ -49,12 +52,20 @@ def data(tmp_path_factory):
     return real_slice(tmp_path_factory.mktemp("slice"), PER_SPLIT)[0]
 
 
+def _score_cli(root, data, *extra) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "leeroo_jax.score", "--config=configs/tiny.py:live", "--config.job=experts",
+           f"--config.output_root={root}", *data, *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=ONE_DEVICE)
+
+
 @pytest.fixture(scope="module")
 def scored(tmp_path_factory, data, smollm2_path):
+    """The job through its CLI; (the same config in this process, its summary, the run dir)."""
     root = tmp_path_factory.mktemp("runs")
+    proc = _score_cli(root, data)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = _cfg(root, data)
-    summary = experts.run(cfg)
-    return cfg, summary, root / cfg.run_name
+    return cfg, json.loads((root / cfg.run_name / "experts_summary.json").read_text()), root / cfg.run_name
 
 
 def _live_rows(store: RecordStore) -> dict[str, np.ndarray]:
@@ -88,14 +99,13 @@ def test_every_answer_is_recorded_with_its_grade_distribution_tokens_and_cost(sc
         assert s["recorded"] == s["answered_now"] == len(questions) and s["unparsed_now"] == 0
         assert s["accuracy"] == pytest.approx(np.mean(rows["choice"][mine] == gold[mine]))
         assert s["tokens_per_s"] > 0 and s["usd_total"] == pytest.approx(rows["cost"][mine].sum())
-    assert json.loads((run / "experts_summary.json").read_text()) == json.loads(json.dumps(summary))
     assert "| smollm2-135m-5shot | mmlu_5shot |" in (run / "experts_summary.md").read_text()
 
 
 def test_rerun_records_nothing_twice(scored):
     cfg, _, run = scored
     before = len(RecordStore(run / "records"))
-    again = experts.run(cfg)
+    again = experts.run(cfg)  # in this process, on its 8 devices: nothing left to answer
     assert len(RecordStore(run / "records")) == before
     assert all(again[n]["answered_now"] == 0 for n in LIVE)
 
@@ -116,7 +126,7 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path, data, smollm2_
            f"--config.output_root={tmp_path}", "--config.experts.batch_size=2", *data]
     manifest = tmp_path / "tiny_live" / "records" / "manifest.json"
     imported = sum(PER_SPLIT.values()) * 9
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ONE_DEVICE)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:  # kill right after the first live batch commits
         if manifest.exists() and json.loads(manifest.read_text())["rows"] > imported:
@@ -127,7 +137,7 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(tmp_path, data, smollm2_
     proc.wait()
     partial = json.loads(manifest.read_text())["rows"] - imported
     assert 0 < partial < 2 * sum(PER_SPLIT.values())
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=ONE_DEVICE)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = _live_rows(RecordStore(tmp_path / "tiny_live" / "records"))
     pairs = list(zip(rows["expert"], rows["qid"]))
