@@ -186,11 +186,14 @@ def _generate_round(cfg, caller: "_Caller", generated, r: int, out: pathlib.Path
                                        {q.id for q in full.questions}, np.random.default_rng([sp.seed, r, 1]),
                                        max_new_tokens=sp.generate_tokens)
     generated += [(r, q) for q in made]
-    if distributed.is_main_process():
+    stats = {"requested": len(subjects) * sp.generate_per_subject, "parsed": len(made), "rejects": dict(rejects)}
+    if distributed.is_main_process():  # the stats first: generated.jsonl holding round r means both are written
+        path = out / "generation.json"
+        fileio.write_json(path, {**(json.loads(path.read_text()) if path.exists() else {}), str(r): stats}, indent=1)
         fileio.write_text(out / "generated.jsonl", "".join(json.dumps(
             {"round": gr, "id": q.id, "subject": q.subject, "question": q.question, "choices": list(q.choices),
              "answer": q.answer}) + "\n" for gr, q in generated))
-    return {"requested": len(subjects) * sp.generate_per_subject, "parsed": len(made), "rejects": dict(rejects)}
+    return stats
 
 
 def _judge(cfg, view: Dataset, real: np.ndarray, pairs, choice) -> np.ndarray:
@@ -247,7 +250,7 @@ def run(cfg) -> list[dict]:
                 rows, grader = bank, "gold"
                 if sp.source == "generator":
                     if not any(gr == r for gr, _ in generated):
-                        extra["generation"] = _generate_round(cfg, caller, generated, r, out)
+                        _generate_round(cfg, caller, generated, r, out)
                         oracle = load()
                         caller.reset(oracle)
                         prev = _train(cfg, _view(oracle, store, r - 1), out, r - 1)  # restored: p for the new rows too
@@ -270,6 +273,8 @@ def run(cfg) -> list[dict]:
                 if distributed.is_main_process() and pairs:  # one commit: the round's calls are all in or none
                     store.append([oracle.questions[q].id for q, _ in pairs], [oracle.names[e] for _, e in pairs], outcome,
                                  cost, round=r, source=ROUND_SOURCE, soft=soft, grader=grader)
+            if sp.source == "generator" and r > 0:  # also after a resume: the stats were saved with the questions
+                extra["generation"] = json.loads((out / "generation.json").read_text())[str(r)]
             view = _view(oracle, store, r)
             prev = _train(cfg, view, out, r)
             rows_ = store.read(["round", "cost"])
