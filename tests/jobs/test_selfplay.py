@@ -22,6 +22,7 @@ from leeroo_jax.data.dataset import VENDORED_OUTCOMES
 from leeroo_jax.data.records import RecordStore
 from leeroo_jax.jobs import bandit
 from leeroo_jax.orchestrator import explore
+from slices import real_slice
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 USD_PER_ROUND = tiny.get_config("selfplay").selfplay.usd_per_round
@@ -140,10 +141,14 @@ def test_thompson_with_one_sample_and_free_calls_picks_each_querys_best_expert_f
 
 
 def test_bandit_benchmark_compares_at_equal_calls(tmp_path):
-    """Two seeds x (thompson, uniform) + full information, one round: the aggregate is the
-    sub-runs' numbers, and both strategies made the same number of calls each round."""
+    """Two seeds x (thompson, uniform) + full information, one round, on a 100-question slice of
+    the real data: the aggregate is the sub-runs' numbers, and both strategies made the same
+    number of calls each round."""
     cfg = tiny.get_config("selfplay")
     cfg.output_root = str(tmp_path)
+    for arg in real_slice(tmp_path / "slice", {"train": 60, "val": 20, "test": 20})[0]:
+        key, value = arg.removeprefix("--config.data.").split("=", 1)
+        cfg.data[key] = value
     cfg.selfplay.rounds, cfg.selfplay.bench_seeds, cfg.selfplay.benchmark = 1, 2, True
     res = bandit.run(cfg)
     bench = tmp_path / "tiny_selfplay" / "bench"
