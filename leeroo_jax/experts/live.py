@@ -97,6 +97,7 @@ class LiveExpert:
         self.letter_ids = jnp.asarray(mcq.letter_token_ids(tokenizer))  # [10]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.row_multiple = mesh.shape["data"] * mesh.shape["fsdp"]  # batch rows split over these axes
+        self._prefix_ids: dict[str, list[int]] = {}
 
     @classmethod
     def load(cls, expert: Expert, mesh: Mesh, bank: Mapping[str, Sequence[Question]], **kw) -> "LiveExpert":
@@ -125,7 +126,10 @@ class LiveExpert:
 
         BPE can merge across the prefix/question boundary, so the shared part is the common
         prefix of the two tokenizations less one token; the model still reads exactly `ids`."""
-        alone = self.tokenizer(prompt_prefix(q, self._exemplars(q)))["input_ids"]
+        text = prompt_prefix(q, self._exemplars(q))
+        if text not in self._prefix_ids:  # one tokenization per distinct prefix (a few per subject)
+            self._prefix_ids[text] = self.tokenizer(text)["input_ids"]
+        alone = self._prefix_ids[text]
         n = 0
         while n < min(len(alone), len(ids)) and alone[n] == ids[n]:
             n += 1
