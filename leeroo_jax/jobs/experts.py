@@ -24,7 +24,7 @@ from tqdm import tqdm
 from leeroo_jax import distributed, fileio
 from leeroo_jax.data import mmlu, splits
 from leeroo_jax.data.dataset import open_records
-from leeroo_jax.data.pool import Pool, by_subject
+from leeroo_jax.data.pool import Pool, by_subject, parse_recipe
 from leeroo_jax.errors import ConfigError
 from leeroo_jax.experts.live import LiveExpert, check_decoder
 from leeroo_jax.jobs import common
@@ -55,9 +55,10 @@ def run(cfg) -> dict:
     out = common.output_dir(cfg)
     questions = mmlu.load_questions(cfg.data.source)
     targets = select_questions(cfg, questions)
+    bank = by_subject(questions)
+    _check_exemplars(live, targets, bank)
     store = open_records(cfg, common.records_dir(cfg), questions, pool)
     mesh = make_mesh(cfg)
-    bank = by_subject(questions)
     main = distributed.is_main_process()
 
     summary = {}
@@ -80,6 +81,19 @@ def run(cfg) -> dict:
         print(md)
         print(f"records: {common.records_dir(cfg)} ({len(store)} rows); wrote {out}/experts_summary.{{json,md}}")
     return summary
+
+
+def _check_exemplars(live, targets, bank) -> None:
+    """A k-shot expert needs k TRAIN exemplars of each question's subject (never the question
+    itself); fail before anything is recorded rather than silently score with fewer."""
+    for e in live:
+        kind, shots = parse_recipe(e.recipe, e.name)
+        short = sorted({q.subject for q in targets if kind == "letters" and shots
+                        and sum(t.id != q.id for t in bank.get(q.subject, ())) < shots})
+        if short:
+            raise ConfigError(f"expert {e.name} ({e.recipe}) needs {shots} TRAIN exemplars per subject, but config.data.source "
+                              f"has fewer for {', '.join(short[:5])}{' ...' if len(short) > 5 else ''}; use a zero-shot "
+                              "recipe for these questions or a source with more TRAIN questions of those subjects")
 
 
 def _empty_stats() -> dict:

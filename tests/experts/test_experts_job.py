@@ -196,3 +196,14 @@ def test_add_expert_adds_a_live_expert_from_its_scored_probes(scored, tmp_path):
     for name in LIVE:
         assert len(probes[name]) == 8 and set(probes[name]) <= done.done(name)
         assert all(int(q, 16) % 10 >= 4 for q in probes[name])  # TRAIN questions only
+
+
+def test_a_k_shot_expert_without_enough_exemplars_is_refused(tmp_path, data):
+    """A question file of a subject the bank holds no TRAIN questions of: 5-shot cannot be built."""
+    new = tmp_path / "new.jsonl"
+    new.write_text(json.dumps({"subject": "quantum_gastronomy", "question": "Which is a fruit?",
+                               "choices": ["carrot", "apple", "leek", "kale"], "answer": 1}) + "\n")
+    cfg = _cfg(tmp_path, data, questions=str(new))
+    with pytest.raises(ConfigError, match="needs 5 TRAIN exemplars per subject.*quantum_gastronomy"):
+        experts.run(cfg)
+    assert not (tmp_path / cfg.run_name / "records").exists()
