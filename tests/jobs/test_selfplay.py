@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 
 from configs import tiny
+from leeroo_jax import config as config_lib
 from leeroo_jax.data import mmlu, splits
 from leeroo_jax.data.dataset import VENDORED_OUTCOMES
 from leeroo_jax.data.records import RecordStore
+from leeroo_jax.errors import ConfigError
 from leeroo_jax.jobs import bandit
 from leeroo_jax.orchestrator import explore
 from slices import real_slice
@@ -203,3 +205,23 @@ def test_live_smoke_generates_judges_and_retrains_with_the_live_expert(tmp_path,
     assert state["state"]["0"]["head"]["experts"].shape[0] == 10  # 9 recorded + the live expert
     pool = [e["name"] for e in json.loads((run / "config.json").read_text())["pool"]]
     assert pool[-1] == "smollm2-135m-0shot"
+
+
+@pytest.mark.parametrize("change, msg", [
+    (lambda c: c.selfplay.update(source="generator", generator="gpt-4-1106-preview"), "no pool expert can answer"),
+    (lambda c: c.selfplay.update(strategy="greedy"), "strategy='greedy'"),
+    (lambda c: c.train.update(mode="last_k"), "train.mode=frozen"),
+    (lambda c: c.selfplay.update(benchmark=True, strategy="uniform"), "other than uniform"),
+])
+def test_bad_selfplay_configs_are_one_line_errors(change, msg):
+    cfg = tiny.get_config("selfplay")
+    change(cfg)
+    with pytest.raises(ConfigError, match=msg):
+        config_lib.check_selfplay(cfg)
+
+
+def test_a_generator_that_is_not_a_live_pool_expert_is_refused():
+    cfg = tiny.get_config("selfplay_live")
+    cfg.selfplay.generator = "gpt-4-1106-preview"
+    with pytest.raises(ConfigError, match="must name a live pool expert"):
+        config_lib.check_selfplay(cfg)
