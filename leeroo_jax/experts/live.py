@@ -180,15 +180,22 @@ class LiveExpert:
                 yield [members[r] for r in rows], mcq.letter_logprobs_cached(self.model, cache, n, x, m, self.letter_ids)
 
     def _pipelined(self, questions, ids, work) -> Iterator[Answers]:
-        """Reads batch i back only after batch i + 1 is dispatched, so host and device overlap."""
-        pending, t0 = None, time.perf_counter()
+        """Reads batch i back only after batch i + 1 is dispatched, so host and device overlap.
+
+        A batch's seconds run from the previous batch's hand-over to its own, the caller's time
+        in between included: the device computes during it, so the seconds sum to the wall time."""
+        pending, last = None, time.perf_counter()
         for item in work:
             if pending is not None:
-                yield self._letters(questions, ids, *pending, time.perf_counter() - t0)
-                t0 = time.perf_counter()
+                ans = self._letters(questions, ids, *pending, 0.0)
+                now = time.perf_counter()
+                ans.seconds, last = now - last, now
+                yield ans
             pending = item
         if pending is not None:
-            yield self._letters(questions, ids, *pending, time.perf_counter() - t0)
+            ans = self._letters(questions, ids, *pending, 0.0)
+            ans.seconds = time.perf_counter() - last
+            yield ans
 
     def _letters(self, questions, ids, rows, logp, seconds) -> Answers:
         logp = np.asarray(logp)[: len(rows)]  # [n, 10]; blocks until the batch is done
