@@ -227,15 +227,18 @@ class RecordStore:
         rows = self.read(["qid", "expert"])
         return set(rows["qid"][rows["expert"] == self.manifest["experts"].index(expert)].tolist())
 
-    def dense(self, qids: Sequence[str], experts: Sequence[str] | None = None) -> Dense:
-        """outcome/soft/observed [Q, E] for the given question order and expert order."""
+    def dense(self, qids: Sequence[str], experts: Sequence[str] | None = None, upto_round: int | None = None) -> Dense:
+        """outcome/soft/observed [Q, E] for the given question order and expert order, from
+        the rows of rounds <= upto_round (every row when None)."""
         experts = list(experts or self.experts)
-        rows = self.read(["qid", "expert", "outcome", "soft"])
+        rows = self.read(["qid", "expert", "outcome", "soft"] + (["round"] if upto_round is not None else []))
         q_index = {q: i for i, q in enumerate(qids)}
         store_to_e = np.array([experts.index(e) if e in experts else -1 for e in self.experts], np.int64)
         qi = np.array([q_index.get(q, -1) for q in rows["qid"]], np.int64)
         ei = store_to_e[rows["expert"]] if len(rows["expert"]) else np.zeros(0, np.int64)
         keep = (qi >= 0) & (ei >= 0)
+        if upto_round is not None:
+            keep &= rows["round"] <= upto_round
         shape = (len(qids), len(experts))
         total, count = np.zeros(shape), np.zeros(shape)
         np.add.at(total, (qi[keep], ei[keep]), rows["outcome"][keep])

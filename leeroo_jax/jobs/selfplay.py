@@ -56,20 +56,8 @@ SEED_SOURCE, ROUND_SOURCE = "selfplay_seed", "selfplay"
 
 def _view(full: Dataset, store: RecordStore, upto: int) -> Dataset:
     """`full` as the loop knows it after round `upto`: outcomes of records/ rows of rounds <= upto."""
-    rows = store.read(["qid", "expert", "outcome", "soft", "round"])
-    keep = rows["round"] <= upto
-    q_index = {q.id: i for i, q in enumerate(full.questions)}
-    e_of = np.array([full.names.index(n) if n in full.names else -1 for n in store.experts])
-    qi = np.array([q_index.get(q, -1) for q in rows["qid"][keep]], np.int64)
-    ei = e_of[rows["expert"][keep]] if keep.any() else np.zeros(0, np.int64)
-    ok = (qi >= 0) & (ei >= 0)
-    outcome = np.zeros_like(full.outcome)
-    soft = np.full_like(full.soft, np.nan)
-    observed = np.zeros_like(full.observed)
-    outcome[qi[ok], ei[ok]] = rows["outcome"][keep][ok]
-    soft[qi[ok], ei[ok]] = rows["soft"][keep][ok]
-    observed[qi[ok], ei[ok]] = True
-    return dataclasses.replace(full, outcome=outcome, soft=soft, observed=observed)
+    d = store.dense([q.id for q in full.questions], full.names, upto_round=upto)
+    return dataclasses.replace(full, outcome=d.outcome, soft=d.soft, observed=d.observed)
 
 
 def _seed(cfg, full: Dataset, path: pathlib.Path) -> None:
