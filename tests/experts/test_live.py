@@ -3,6 +3,8 @@ transformers (torch): letter log-probs, the prefix-cached k-shot path, 2..10 opt
 
 from __future__ import annotations
 
+import time
+
 import jax
 import numpy as np
 import pytest
@@ -48,9 +50,13 @@ def _live(smol, bank, recipe, mesh=None, **kw) -> LiveExpert:
 def _collect(live: LiveExpert, qs):
     ids = live.prompt_ids(qs)
     logp, probs, choice = (np.full((len(qs), 10), np.nan), np.full((len(qs), 10), np.nan), np.zeros(len(qs), int))
+    seconds, start = 0.0, time.perf_counter()
     for a in live.answer(qs, ids):
         logp[a.index], probs[a.index], choice[a.index] = a.logp, a.probs, a.choice
         assert (a.in_tokens == [len(ids[i]) for i in a.index]).all()
+        seconds += a.seconds
+    wall = time.perf_counter() - start
+    assert 0.95 * wall <= seconds <= wall  # the recorded wall_s of the batches sum to the loop's wall time
     return ids, logp, probs, choice
 
 
