@@ -20,7 +20,9 @@ platt), so it runs inside a jitted program (`apply`) as well as in NumPy, and is
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -72,8 +74,11 @@ def fit_isotonic(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(sx) / n, np.asarray(sy) / n
 
 
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["a", "b", "x", "y"], meta_fields=["kind"])
 @dataclasses.dataclass
 class Calibration:
+    """A pytree (kind static, arrays as leaves): pass it to a jitted program as an argument."""
+
     kind: str
     a: np.ndarray | None = None  # [E] platt slope
     b: np.ndarray | None = None  # [E] platt bias
@@ -82,15 +87,20 @@ class Calibration:
 
     def apply(self, p):
         """p [..., E] -> calibrated p, NumPy in and out, or jax in and out (inside jit)."""
-        xp = jnp if not isinstance(p, np.ndarray) else np
+        xp = np if isinstance(p, np.ndarray) else jnp
         if self.kind == "none":
             return p
         if self.kind == "platt":
             q = xp.clip(p, _EPS, 1 - _EPS)
             z = xp.log(q) - xp.log1p(-q)
             return xp.clip(1.0 / (1.0 + xp.exp(-(z * self.a + self.b))), _EPS, 1 - _EPS)
-        cols = [xp.interp(p[..., e], self.x[e], self.y[e]) for e in range(self.x.shape[0])]
+        cols = [xp.interp(p[..., e], self.x[e], self.y[e]) for e in range(self.x.shape[0])]  # E is small
         return xp.clip(xp.stack(cols, axis=-1), _EPS, 1 - _EPS)
+
+    @property
+    def num_experts(self) -> int | None:
+        v = self.a if self.kind == "platt" else self.x
+        return None if v is None else int(np.shape(v)[0])
 
     def to_json(self) -> dict:
         out = {"kind": self.kind}

@@ -18,22 +18,26 @@ import numpy as np
 from flax import nnx
 
 from leeroo_jax import sharding
-from leeroo_jax.orchestrator import select
+from leeroo_jax.orchestrator import pcal, select
 from leeroo_jax.orchestrator.backbone import Backbone
 from leeroo_jax.orchestrator.model import Orchestrator
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def score(graphdef, state, tokens_bt, attn_bt, side_bep, cost_be, available_e, budget: select.Budget):
-    """(p [B, E], Selection) for one token batch."""
+def score(graphdef, state, tokens_bt, attn_bt, side_bep, cost_be, available_e, budget: select.Budget,
+          cal: pcal.Calibration):
+    """(calibrated p [B, E], Selection) for one token batch."""
     model = nnx.merge(graphdef, state)
-    p = jax.nn.sigmoid(model(tokens_bt, attn_bt, side_bep))
+    p = cal.apply(jax.nn.sigmoid(model(tokens_bt, attn_bt, side_bep)))
     return p, select.select(p, cost_be, available_e, budget)
 
 
 def route_texts(model: Orchestrator, bb: Backbone, texts: list[str], side: np.ndarray, cost: np.ndarray,
-                budget: select.Budget, mesh, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(p [N, E], choice [N]) for texts with side features [N, E, P] and costs [N, E] (float32)."""
+                budget: select.Budget, mesh, batch_size: int = 64,
+                cal: pcal.Calibration | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(p [N, E], choice [N]) for texts with side features [N, E, P] and costs [N, E] (float32);
+    p through the run's calibration `cal` (orchestrator/pcal.py) when given."""
+    cal = cal if cal is not None else pcal.Calibration("none")
     graphdef, state = nnx.split(model)
     table = bb.token_table(texts, bucket_step=32)
     n_data = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -48,7 +52,7 @@ def route_texts(model: Orchestrator, bb: Backbone, texts: list[str], side: np.nd
         pad = lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - len(idx), 0)])  # noqa: E731
         batch = sharding.shard_batch((tokens, attn, pad(side[idx]), pad(cost[idx])), mesh)  # tables stay replicated
         with jax.set_mesh(mesh):
-            pb, sel = score(graphdef, state, *batch, avail, per_query)
+            pb, sel = score(graphdef, state, *batch, avail, per_query, cal)
         p[idx], choice[idx] = np.asarray(pb)[: len(idx)], np.asarray(sel.choice)[: len(idx)]
     if budget.mode == "batch_budget":
         choice = np.asarray(select.select(jnp.asarray(p), jnp.asarray(cost), avail, budget).choice)

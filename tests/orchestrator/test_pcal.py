@@ -88,3 +88,20 @@ def test_unknown_kind_is_a_config_error():
         pcal.fit("temp", np.zeros((2, 1)), np.zeros((2, 1)), np.ones((2, 1), bool))
     with pytest.raises(ConfigError, match="damaged"):
         pcal.Calibration.from_json({"kind": "?"})
+
+
+def test_a_calibration_is_a_jit_argument():
+    """Passed as a pytree argument (kind static), a refit map reuses the compiled program."""
+    p, y = _overconfident(500, 7)
+    traces = []
+
+    @jax.jit
+    def f(cal, q):
+        traces.append(1)
+        return cal.apply(q)
+
+    for seed in (1, 2):
+        p2, y2 = _overconfident(500, seed)
+        cal = pcal.fit("platt", p2[:, None], y2[:, None], np.ones((500, 1), bool))
+        np.testing.assert_allclose(np.asarray(f(cal, jnp.asarray(p[:, None]))), cal.apply(p[:, None]), atol=1e-5)
+    assert len(traces) == 1
