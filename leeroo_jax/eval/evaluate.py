@@ -26,13 +26,19 @@ RouterP = tuple[np.ndarray, np.ndarray]  # (p [N_eval, E], p [N_val, E]) over th
 
 def reference_routers(cfg, ds: Dataset, rows: np.ndarray) -> dict[str, np.ndarray]:
     """p[len(rows), E] of each reference router, fitted on TRAIN outcomes only."""
+    return reference_p(cfg, ds, ds.subjects[rows], None if ds.vecs is None else ds.vecs[rows])
+
+
+def reference_p(cfg, ds: Dataset, subjects: np.ndarray, vecs: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """p[N, E] of each reference router for any N queries (their subjects, and their frozen
+    embeddings for the kNN routers), fitted on the dataset's TRAIN outcomes only."""
     tr = ds.rows("train")
-    out = {"constant": routers.constant(ds.outcome[tr], ds.observed[tr], len(rows)),
-           "subject_prior": routers.subject_prior(ds.subjects[tr], ds.outcome[tr], ds.observed[tr], ds.subjects[rows],
+    out = {"constant": routers.constant(ds.outcome[tr], ds.observed[tr], len(subjects)),
+           "subject_prior": routers.subject_prior(ds.subjects[tr], ds.outcome[tr], ds.observed[tr], subjects,
                                                   cfg.eval.subject_strength)}
-    if ds.vecs is not None:
+    if ds.vecs is not None and vecs is not None:
         for k in cfg.eval.knn_ks:
-            out[f"knn{k}"] = routers.knn(ds.vecs[tr], ds.outcome[tr], ds.observed[tr], ds.vecs[rows], int(k))
+            out[f"knn{k}"] = routers.knn(ds.vecs[tr], ds.outcome[tr], ds.observed[tr], vecs, int(k))
     return out
 
 

@@ -46,7 +46,10 @@ class Frontier:
         return float(self.hull[-1, 1])
 
     def area(self, lo: float, hi: float) -> float:
-        """Mean hull accuracy over [lo, hi] (exact for the piecewise-linear hull)."""
+        """Mean hull accuracy over [lo, hi] (exact for the piecewise-linear hull); the accuracy
+        at lo when the interval is empty (a pool whose experts all cost the same)."""
+        if hi <= lo:
+            return self.acc_at(lo)
         xs = np.unique(np.concatenate([[lo, hi], self.hull[:, 0][(self.hull[:, 0] > lo) & (self.hull[:, 0] < hi)]]))
         ys = np.interp(xs, self.hull[:, 0], self.hull[:, 1])
         return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) / 2) / (hi - lo))
@@ -152,4 +155,6 @@ def cpt(front: Frontier, weak: tuple[float, float], strong: tuple[float, float],
     """Share of the strong model's extra cost needed to recover fraction x of the gap."""
     (cw, aw), (cs, as_) = weak, strong
     need = front.cost_to_reach(aw + x * (as_ - aw))
+    if need is not None and cs <= cw:  # equal costs: reached at the weak model's cost or not at all
+        return 0.0 if need <= cw else None
     return None if need is None else max(0.0, (need - cw) / (cs - cw))

@@ -81,6 +81,36 @@ def headline(report: dict) -> list[str]:
     return lines
 
 
+def deployment(report: dict) -> list[str]:
+    """The VAL-decided policy on this split: per budget the deployed router against the best
+    single expert affordable there, then its AIQ beside every candidate's (same budgets)."""
+    dep = report.get("deployment")
+    if not dep:
+        return []
+    ranges = "; ".join(f"{r['router']} from {r['from_usd'] * PER_1K:.4g}" + ("" if r["to_usd"] is None else
+                                                                             f" to {r['to_usd'] * PER_1K:.4g}")
+                       for r in dep["ranges"])
+    lines = [f"Deployed policy, decided on VAL (USD / 1k queries): {ranges}.", "",
+             "| budget: mean cost of | USD / 1k | deployed router | acc | best single expert within budget | its acc | margin |",
+             "|---|---:|---|---:|---|---:|---:|"]
+    for label, r in dep["at"].items():
+        b = r["best_single"]
+        lines.append(f"| {label} | {r['budget'] * PER_1K:.4f} | {r['deployed']} | {r['acc']:.4f} | "
+                     + (f"{_short(b['expert'])} | {b['acc']:.4f} | {r['acc'] - b['acc']:+.4f} |" if b else "— | — | — |"))
+    aiq = dep["aiq_deployed"]
+    lines += ["", "AIQ of the deployed choice over 64 budgets (cheapest to dearest expert): "
+              + ", ".join(f"{n} {v:.4f}" for n, v in aiq.items()) + "."]
+    failed = [k for k, v in dep.get("checks", {}).items() if not v["ok"]]
+    lines += ["All checks hold." if not failed else
+              "Checks that fail: " + "; ".join(f"{k} ({dep['checks'][k]['margin']:+.4f})" for k in failed) + "."]
+    cal = report.get("calibration")
+    if cal:
+        lines += ["", f"Calibration ({cal['kind']}, fitted on VAL): expected calibration error on {cal['split'].upper()} "
+                  f"{cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after (VAL {cal['val_ece_before']:.4f} → "
+                  f"{cal['val_ece_after']:.4f})."]
+    return lines + [""]
+
+
 def markdown(report: dict, at: str, reach: str) -> str:
     """Expert costs and accuracies, the headline (deployed / calibrated) table, then the
     hindsight table: AIQ, max accuracy, accuracy at `at`'s cost, cost ratio to `reach`, APGR, CPT."""
@@ -91,7 +121,7 @@ def markdown(report: dict, at: str, reach: str) -> str:
         lines += [f"Not evaluated (no outcomes on this split): {', '.join(report['excluded_experts'])}.", ""]
     lines += ["| expert | USD / 1k queries | accuracy |", "|---|---:|---:|"]
     lines += [f"| {n} | {v['cost_per_1k']:.4f} | {v['acc']:.4f} |" for n, v in sorted(e.items(), key=lambda kv: kv[1]["cost_per_1k"])]
-    lines += [""] + headline(report)
+    lines += [""] + headline(report) + deployment(report)
     weak, strong = report["weak_strong"]
     lines += [
         "Hindsight frontier (lam swept with this split's outcomes, convex hull; not a point a user can pick in advance):",

@@ -59,3 +59,16 @@ def test_ties_go_to_the_cheaper_expert():
     p = np.array([[0.5, 0.5, 0.5]])
     cost = np.array([[3.0, 1.0, 2.0]])
     assert fr.tradeoff_choices(p, cost, 0.0)[0] == 1
+
+
+def test_a_pool_whose_experts_all_cost_the_same():
+    """Equal prices (the seven open models): the frontier is one cost; AIQ is the accuracy
+    there, CPT is 0 if the weak expert's cost already reaches the target, else undefined."""
+    cost = np.ones((4, 2))
+    outcome = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    p = outcome * 0.8 + 0.1  # knows which expert is right
+    f = fr.sweep(p, cost, outcome)
+    assert f.area(1.0, 1.0) == pytest.approx(0.75)  # 3 of 4 answerable, all at cost 1
+    weak, strong = (1.0, 0.5), (1.0, 0.5 + 1e-9)
+    assert fr.cpt(f, weak, strong, 0.5) == 0.0
+    assert fr.cpt(fr.experts_frontier(cost, outcome), (1.0, 0.5), (1.0, 0.9), 0.8) is None

@@ -1,0 +1,101 @@
+"""The deployment policy: which router answers at which budget, decided on VAL only.
+
+A learned router is a product only if it never loses to the obvious choices: the zero router
+(every query to one expert, or a mix of two) and the reference routers (subject prior,
+nearest neighbours). `fit` compares, on VAL, every candidate router's *deployed* accuracy (the
+batch-budget choice of the selection kernel: lam* found from p and costs alone) over a grid
+of mean budgets between the cheapest and the dearest expert's mean cost. At each grid budget
+the most accurate candidate wins (the orchestrator on ties); runs of equal winners become
+budget ranges. A budget B is then served by the winner of the largest grid budget <= B (the
+first one below the grid). Nothing here reads TEST: the report (eval/guarantees.py) only
+shows what this decision delivers there.
+
+The policy is data (`to_json` / `from_json`), saved in the run beside the checkpoint, so
+`route` and the server apply the same decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from leeroo_jax.errors import ConfigError
+from leeroo_jax.orchestrator import select
+
+PRIMARY = "orchestrator"
+
+
+def deployed_choice(p: np.ndarray, cost: np.ndarray, budget: float) -> np.ndarray:
+    """[Q] the batch-budget choice (mean cost <= budget) of p [Q, E] under cost [Q, E]."""
+    sel = select.select(jnp.asarray(p, jnp.float32), jnp.asarray(cost, jnp.float32), jnp.ones(cost.shape[1], bool),
+                        select.Budget.batch_budget(float(budget)))
+    return np.asarray(sel.choice)
+
+
+def budget_grid(cost: np.ndarray, n: int = 48) -> np.ndarray:
+    """n mean budgets, geometric from the cheapest expert's mean cost to the dearest's (one
+    budget when every expert costs the same)."""
+    c = cost.mean(0)
+    return np.unique(np.geomspace(c.min(), c.max(), n))
+
+
+def deployed_curve(p: np.ndarray, cost: np.ndarray, outcome: np.ndarray, budgets: np.ndarray) -> np.ndarray:
+    """[K, 2] (realised mean cost, accuracy) of the deployed choice at each budget."""
+    rows = np.arange(len(p))
+    out = []
+    for b in budgets:
+        e = deployed_choice(p, cost, b)
+        out.append((cost[rows, e].mean(), outcome[rows, e].mean()))
+    return np.asarray(out)
+
+
+@dataclasses.dataclass
+class Policy:
+    budgets: np.ndarray  # [K] the VAL grid of mean budgets (USD per query), ascending
+    winner: list[str]  # [K] the router deployed from budgets[k] up to budgets[k + 1]
+    val_acc: dict[str, list[float]]  # router -> [K] its deployed VAL accuracy (the evidence)
+
+    def router_for(self, budget: float) -> str:
+        k = int(np.searchsorted(self.budgets, budget, side="right")) - 1
+        return self.winner[max(k, 0)]
+
+    def ranges(self) -> list[dict]:
+        """[{router, from_usd, to_usd}]: the winners as budget ranges (to_usd None = no upper end)."""
+        out = []
+        for k, name in enumerate(self.winner):
+            if out and out[-1]["router"] == name:
+                continue
+            if out:
+                out[-1]["to_usd"] = float(self.budgets[k])
+            out.append({"router": name, "from_usd": float(self.budgets[k]) if k else 0.0, "to_usd": None})
+        return out
+
+    def to_json(self) -> dict:
+        return {"budgets": self.budgets.tolist(), "winner": list(self.winner), "val_acc": self.val_acc,
+                "ranges": self.ranges()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Policy":
+        try:
+            pol = cls(np.asarray(d["budgets"], np.float64), list(d["winner"]), dict(d.get("val_acc", {})))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"the run's policy.json is damaged ({e}); retrain the run to rebuild it") from None
+        if len(pol.budgets) != len(pol.winner) or len(pol.budgets) == 0 or np.any(np.diff(pol.budgets) <= 0):
+            raise ConfigError("the run's policy.json is damaged (budgets and winners do not match); retrain the run")
+        return pol
+
+
+def fit(val_p: dict[str, np.ndarray], cost: np.ndarray, outcome: np.ndarray, budgets: np.ndarray | None = None,
+        primary: str = PRIMARY) -> Policy:
+    """The policy from each candidate's p [Q, E] on the VAL questions graded by every expert
+    (cost, outcome [Q, E]). primary: the router that wins ties."""
+    if primary not in val_p:
+        raise ValueError(f"no p for the primary router {primary!r}")
+    budgets = budget_grid(cost) if budgets is None else np.asarray(budgets, np.float64)
+    names = [primary] + [n for n in val_p if n != primary]  # the primary first: it wins ties
+    acc = {n: deployed_curve(val_p[n], cost, outcome, budgets)[:, 1] for n in names}
+    table = np.stack([acc[n] for n in names])  # [R, K]
+    winner = [names[int(np.argmax(table[:, k] > table[:, k].max() - 1e-12))] for k in range(len(budgets))]
+    return Policy(budgets, winner, {n: acc[n].tolist() for n in names})
