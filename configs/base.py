@@ -84,6 +84,7 @@ def get_config():
     c.eval.strong = "gpt-4-1106-preview"  # and the "cost to reach the accuracy of" expert
     c.eval.knn_ks = (20, 100)
     c.eval.subject_strength = 20.0
+    c.eval.policy_folds = 5  # the deployment policy also decides on TRAIN's out-of-fold predictions (frozen mode; 0 = VAL only)
 
     # The orchestrator (train.py). Chosen on VAL; see README.
     c.train = ml_collections.ConfigDict()
@@ -105,6 +106,11 @@ def get_config():
     c.train.soft_weight = 0.0  # blend of the soft label (gold-letter probability) into the target
     c.train.side_knn = (20, 100)  # retrieval side features: neighbours' outcomes at these k
     c.train.side_prior = True  # the subject prior as a side feature
+    c.train.anchor = ""  # "" = a free head; prior | knn<k>: logits start at that side feature (orchestrator/model.py)
+    c.train.tune = False  # sweep head settings on held-out questions first, train the winner (jobs/tune.py)
+    c.train.tune_min_val = 1000  # VAL questions graded by every expert needed to tune on VAL; else k-fold on TRAIN
+    c.train.tune_folds = 5
+    c.train.calibration = "platt"  # none | platt | isotonic: per-expert map of p fitted on VAL (orchestrator/pcal.py)
     c.train.log_every = 25
     c.train.eval_every = 50
     c.train.keep = 2  # checkpoints kept besides the best by VAL AIQ

@@ -5,7 +5,7 @@
 """
 
 from configs import base
-from configs.pools import MMLU_9, SMOLLM2_LIVE
+from configs.pools import GPT4, MIXTRAL, MMLU_9, OPEN_7, SMOLLM2_LIVE, repriced
 
 
 HOLDOUT = "HuggingFaceH4/zephyr-7b-beta"
@@ -37,4 +37,22 @@ def get_config(variant: str | None = None):
     if variant == "selfplay":  # the honest bandit benchmark on the real outcomes (jobs/selfplay.py)
         c.run_name = "mmlu_selfplay"
         return c
-    raise ValueError(f"configs/mmlu.py has no variant {variant!r}; choose finetune, holdout, live or selfplay")
+    # Other pools over the same graded answers (README "Routing on other pools"): the CSV's
+    # other experts are skipped, not errors.
+    if variant == "pair":  # RouteLLM's setting: GPT-4 vs Mixtral, both graded on all 13,937 questions
+        c.run_name = "mmlu_pair"
+        c.pool = [dict(e) for e in MMLU_9 if e["name"] in (GPT4, MIXTRAL)]
+        c.data.extra_experts = "skip"
+        return c
+    if variant == "open7":  # the seven open 7-8B models alone: equal prices, so routing is for accuracy only
+        c.run_name = "mmlu_open7"
+        c.pool = [dict(e) for e in OPEN_7]
+        c.data.extra_experts = "skip"
+        c.eval.weak, c.eval.strong = "mistralai/Mistral-7B-v0.1", "meta-llama/Meta-Llama-3-8B"
+        return c
+    if variant == "gpt4_tenth":  # the 9 experts, GPT-4 at a tenth of its list price
+        c.run_name = "mmlu_gpt4_tenth"
+        c.pool = list(repriced(MMLU_9, GPT4, 0.1))
+        return c
+    raise ValueError(f"configs/mmlu.py has no variant {variant!r}; choose finetune, holdout, live, selfplay, pair, "
+                     "open7 or gpt4_tenth")

@@ -15,6 +15,16 @@ MMLU_9 = (
     dict(name="itpossible/Chinese-Mistral-7B-v0.1", input_price=_OPEN_7B, output_price=_OPEN_7B),
 )
 
+GPT4, MIXTRAL = MMLU_9[0]["name"], MMLU_9[1]["name"]
+OPEN_7 = MMLU_9[2:]  # the seven 7-8B open models: one list price, so every query costs the same on each
+
+
+def repriced(pool, name: str, factor: float):
+    """`pool` with expert `name`'s prices multiplied by `factor` (a what-if price table)."""
+    return tuple(dict(e, input_price=e["input_price"] * factor, output_price=e["output_price"] * factor)
+                 if e["name"] == name else dict(e) for e in pool)
+
+
 # Live experts: models this project runs (experts/live.py), the real SmolLM2-135M-Instruct
 # weights fetched by `make setup`. A 135M model has no list price; $0.10 per 1M tokens is an
 # assumption (the lowest 2024 per-token tier of hosted small models), stated in the README.

@@ -35,5 +35,6 @@ def get_config(variant: str | None = None):
     c.train.log_every = 5
     c.train.eval_every = 10
     c.eval.knn_ks = ()
+    c.eval.policy_folds = 0  # the policy decides on VAL alone (tests/training/test_deployment.py turns folds on)
     c.backbone.max_length = 16  # a cold cache embeds 13,937 texts: keep that seconds, not minutes
     return c

@@ -9,8 +9,10 @@ from absl import app, flags, logging
 from leeroo_jax import compile_cache, distributed
 from leeroo_jax.data.pool import Pool
 from leeroo_jax.errors import ConfigError, run_main
+from leeroo_jax.orchestrator import pcal
 from leeroo_jax.orchestrator.explore import STRATEGIES
 from leeroo_jax.orchestrator.select import MODES
+from leeroo_jax.training.trainer import anchor_index
 
 JOBS = ("baselines", "route", "add_expert", "experts")
 TRAIN_MODES = ("frozen", "last_k", "full")
@@ -58,6 +60,12 @@ def check_train(cfg) -> None:
         raise ConfigError("config.train: lr must be > 0, dropout in [0, 1), soft_weight in [0, 1]")
     if not 0 < t.layer_decay <= 1 or not t.backbone_lr_scale >= 0:
         raise ConfigError("config.train: layer_decay must be in (0, 1] and backbone_lr_scale >= 0")
+    anchor_index(cfg)  # a one-line error for an anchor naming no side feature
+    if t.tune and t.mode != "frozen":
+        raise ConfigError(f"config.train.tune=true sweeps frozen-mode heads; tune with --config.train.mode=frozen, "
+                          f"then fine-tune from that run (init_head_from), not mode={t.mode}")
+    if t.calibration not in pcal.KINDS:
+        raise ConfigError(f"config.train.calibration={t.calibration!r}; choose one of {', '.join(pcal.KINDS)}")
     if t.steps % t.accumulate:
         raise ConfigError(f"config.train.steps={t.steps} must be a multiple of accumulate={t.accumulate}")
 

@@ -11,6 +11,11 @@ route.calibrate_on=val, value is a target mean cost and the per-query mode's lam
 or tau (quality) is fitted on the run's VAL questions to meet it (orchestrator/calibrate.py).
 A budget no routing can meet is a one-line error naming the feasible range. Writes
 <output>/choices.jsonl (one line per question) and summary.json.
+
+p goes through the run's calibration (calibration.json). A mean-cost budget (batch_budget,
+or a calibrate_on=val target) is served by the router the run's VAL-decided policy names for
+it (policy.json): the orchestrator, or a reference router where that one won on VAL. The
+per-query modes (cap, a raw lam or tau) always use the orchestrator.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from leeroo_jax.data import mmlu
 from leeroo_jax.data.dataset import Dataset
 from leeroo_jax.data.pool import Pool, query_text
 from leeroo_jax.errors import ConfigError, DataError
+from leeroo_jax.eval import evaluate
 from leeroo_jax.jobs import common
 from leeroo_jax.jobs.runs import Run, load_run, scoring_model, train_config
 from leeroo_jax.orchestrator import calibrate, select
@@ -79,10 +85,12 @@ def check_calibration_target(cfg, cost: np.ndarray, names: list[str], val_cost: 
     return target
 
 
-def calibrated_budget(cfg, run: Run, target: float) -> tuple[select.Budget, dict]:
-    """route.calibrate_on=val: the per-query mode's value fitted on the run's VAL questions."""
+def calibrated_budget(cfg, run: Run, target: float, router: str) -> tuple[select.Budget, dict]:
+    """route.calibrate_on=val: the per-query mode's value fitted on the run's VAL questions,
+    with the p of the router the policy deploys at the target."""
     val = run.data.rows("val")
-    cal = calibrate.calibrate(run.trainer.predict(val), run.data.cost[val].astype(np.float32), target, cfg.route.mode)
+    p_val = run.predict(val) if router == "orchestrator" else evaluate.reference_routers(run.cfg, run.data, val)[router]
+    cal = calibrate.calibrate(p_val, run.data.cost[val].astype(np.float32), target, cfg.route.mode)
     info = {"on": "val", "n": int(len(val)), "target_mean_cost_usd": target, "value": cal.value,
             "val_mean_cost_usd": cal.fit_mean_cost, "saturated": cal.saturated}
     return cal.budget(), info
@@ -99,21 +107,29 @@ def _questions(cfg, tcfg) -> tuple[list[mmlu.Question], Dataset | None]:
     return [ds.questions[r] for r in ds.eval_set(tcfg.eval.split).rows], ds  # the run's evaluation split
 
 
-def route_questions(run: Run, questions: list[mmlu.Question], cost: np.ndarray,
-                    budget: select.Budget) -> tuple[np.ndarray, np.ndarray]:
-    """(p [N, E], choice [N]) for any questions with costs [N, E] (float32), under `budget`."""
+def route_questions(run: Run, questions: list[mmlu.Question], cost: np.ndarray, budget: select.Budget,
+                    router: str = "orchestrator") -> tuple[np.ndarray, np.ndarray]:
+    """(p [N, E], choice [N]) for any questions with costs [N, E] (float32), under `budget`,
+    by `router`: the orchestrator (calibrated) or a reference router of the run's data."""
     d = run.data
     index = {q.id: i for i, q in enumerate(d.questions)}
     rows = np.array([index.get(q.id, -1) for q in questions])
     known = rows >= 0
     side = np.empty((len(questions), len(d.pool), run.trainer.side.shape[-1]), np.float32)
     side[known] = run.trainer.side[rows[known]]
+    vecs = np.empty((len(questions), d.vecs.shape[1]), np.float32)
+    vecs[known] = d.vecs[rows[known]]
     if (~known).any():  # new questions: embed them, look up their TRAIN neighbours
         new = [q for q, k in zip(questions, known) if not k]
-        vecs = Embedder.from_config(run.cfg.backbone)([query_text(q) for q in new])
-        side[~known] = side_features(run.cfg, d, vecs, np.array([q.subject for q in new]))
+        vecs[~known] = Embedder.from_config(run.cfg.backbone)([query_text(q) for q in new])
+        side[~known] = side_features(run.cfg, d, vecs[~known], np.array([q.subject for q in new]))
+    if router != "orchestrator":  # a reference router won this budget on VAL: no model to run
+        p = evaluate.reference_p(run.cfg, d, np.array([q.subject for q in questions]), vecs)[router].astype(np.float32)
+        avail = np.ones(cost.shape[1], bool)
+        return p, np.asarray(select.select(p, cost, avail, budget).choice)
     model, bb = scoring_model(run)
-    return route_texts(model, bb, [query_text(q) for q in questions], side, cost, budget, run.trainer.mesh)
+    return route_texts(model, bb, [query_text(q) for q in questions], side, cost, budget, run.trainer.mesh,
+                       cal=run.calibration)
 
 
 def run_route(cfg) -> dict:
@@ -130,10 +146,13 @@ def run_route(cfg) -> dict:
     else:
         budget = budget_from(cfg, cost, names)
     run = load_run(cfg.checkpoint, ds)
-    calibration = None
+    calibration, router = None, "orchestrator"
     if cfg.route.calibrate_on:
-        budget, calibration = calibrated_budget(cfg, run, target)
-    p, choice = route_questions(run, questions, cost, budget)
+        router = run.router_for(target)
+        budget, calibration = calibrated_budget(cfg, run, target, router)
+    elif budget.mode == "batch_budget":
+        router = run.router_for(float(budget.value))
+    p, choice = route_questions(run, questions, cost, budget, router)
     index = {q.id: i for i, q in enumerate(run.data.questions)}
     lines, correct = [], []
     for i, q in enumerate(questions):
@@ -148,6 +167,7 @@ def run_route(cfg) -> dict:
     chosen = cost[np.arange(len(questions)), choice]
     summary = {"checkpoint": str(cfg.checkpoint), "step": run.step, "n_questions": len(questions),
                "budget": {"mode": budget.mode, "value": float(budget.value)}, "calibration": calibration,
+               "router": router,
                "mean_cost_usd": float(chosen.mean()), "cost_per_1k_usd": float(chosen.mean() * 1000),
                "mean_p": float(p[np.arange(len(questions)), choice].mean()),
                "choices": {n: int((choice == e).sum()) for e, n in enumerate(names)},

@@ -1,7 +1,9 @@
 """A finished training run, rebuilt from its directory (what route and add_expert start from).
 
 A run directory is self-describing: its config.json rebuilds the data and model it was trained
-with, and ckpt/ holds the weights (the best step by VAL AIQ, else the latest).
+with, ckpt/ holds the weights (the best step by VAL AIQ, else the latest), calibration.json the
+per-expert maps of p and policy.json the router deployed per budget (both fitted on VAL; runs
+trained before they existed get the identity map and the orchestrator at every budget).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from flax import nnx
 from leeroo_jax.data.dataset import Dataset
 from leeroo_jax.errors import ConfigError
 from leeroo_jax.jobs import common
+from leeroo_jax.orchestrator import pcal
+from leeroo_jax.orchestrator import policy as policy_lib
 from leeroo_jax.orchestrator.backbone import Backbone
 from leeroo_jax.orchestrator.model import Orchestrator
 from leeroo_jax.training import trainer as trainer_lib
@@ -31,6 +35,15 @@ class Run:
     data: Dataset  # with data.vecs
     trainer: trainer_lib.Trainer  # holding the restored state
     step: int
+    calibration: pcal.Calibration  # applied to the head's p before any choice
+    policy: policy_lib.Policy | None  # None: the orchestrator serves every budget
+
+    def predict(self, rows):
+        """Calibrated p [len(rows), E] of the dataset's questions."""
+        return self.calibration.apply(self.trainer.predict(rows))
+
+    def router_for(self, mean_budget: float) -> str:
+        return policy_lib.PRIMARY if self.policy is None else self.policy.router_for(mean_budget)
 
 
 def train_config(run_dir: str | os.PathLike) -> ml_collections.ConfigDict:
@@ -55,14 +68,30 @@ def load_run(run_dir: str | os.PathLike, data: Dataset | None = None) -> Run:
         data.vecs = common.embed(cfg, data.texts)
     trainer = trainer_lib.build(cfg, data)
     ckpt = Checkpointer(pathlib.Path(run_dir) / "ckpt")
-    step = ckpt.best_step() or ckpt.latest_step()
+    step = ckpt.best_step()
+    step = ckpt.latest_step() if step is None else step  # the best can be step 0 (an anchored head)
     if step is None:
         raise ConfigError(f"{run_dir}/ckpt holds no checkpoint; train the run first")
     check_identity(ckpt.meta(step), cfg, ckpt.directory)
     restored, _ = ckpt.restore(step, abstract_like(nnx.to_pure_dict(trainer.state)))
     ckpt.close()
     nnx.replace_by_pure_dict(trainer.state, restored)
-    return Run(cfg, data, trainer, step)
+    run_dir = pathlib.Path(run_dir)
+    cal = pcal.Calibration("none")
+    if (run_dir / "calibration.json").exists():
+        cal = pcal.Calibration.from_json(_read_json(run_dir / "calibration.json"))
+        if cal.num_experts not in (None, len(data.pool)):
+            raise ConfigError(f"{run_dir}/calibration.json maps {cal.num_experts} experts but the run's pool has "
+                              f"{len(data.pool)}; retrain the run to rebuild it")
+    pol = policy_lib.Policy.from_json(_read_json(run_dir / "policy.json")) if (run_dir / "policy.json").exists() else None
+    return Run(cfg, data, trainer, step, cal, pol)
+
+
+def _read_json(path: pathlib.Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path} is unreadable ({e}); retrain the run to rebuild it") from None
 
 
 def scoring_model(run: Run) -> tuple[Orchestrator, Backbone]:

@@ -14,6 +14,11 @@ The head scores every (query, expert) pair as
 Sharing w across experts is the inductive bias that "how well did this expert do on similar
 questions" means the same for every expert; it also lets a new expert be added by fitting
 only its row (u_e, bias_e). logits are log-odds that expert e answers query b correctly.
+
+Anchored head (`anchor` >= 0): logits = logit(f[b, e, anchor]) + the correction above, with
+u_e starting at zero, so the untrained head *is* that side feature (the subject prior or a
+retrieval estimate) and training learns only a residual. Evaluated at step 0 (loop.py), the
+early stopping on VAL can then never pick a head worse than the estimate it starts from.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class HeadConfig:
     num_side: int = 0  # P side features per expert
     hidden: int = 256
     dropout: float = 0.1
+    anchor: int = -1  # index of the side feature the logits start from; -1 = a free head
 
 
 def _logit(p: jax.Array, eps: float = 0.02) -> jax.Array:
@@ -53,7 +59,8 @@ class Head(nnx.Module):
         self.b1 = p(layers.zeros_init, (cfg.hidden,), ("mlp",))
         self.w2 = p(glorot, (cfg.hidden, cfg.hidden), ("mlp", None))
         self.b2 = p(layers.zeros_init, (cfg.hidden,), (None,))
-        self.experts = p(nnx.initializers.normal(0.05), (cfg.num_experts, cfg.hidden), ("experts", None))
+        rows_init = layers.zeros_init if cfg.anchor >= 0 else nnx.initializers.normal(0.05)  # anchored: no correction yet
+        self.experts = p(rows_init, (cfg.num_experts, cfg.hidden), ("experts", None))
         self.bias = p(layers.zeros_init, (cfg.num_experts,), ("experts",))
         self.side_w = p(layers.zeros_init, (max(cfg.num_side, 1),), (None,))
 
@@ -81,6 +88,8 @@ class Head(nnx.Module):
         logits = h @ self.experts[...].T + self.bias[...]
         if self.cfg.num_side:
             logits = logits + side_logit @ self.side_w[...]
+        if self.cfg.anchor >= 0:
+            logits = logits + side_logit[..., self.cfg.anchor]
         return logits
 
 

@@ -36,6 +36,8 @@ def identity(cfg) -> dict:
         group, key = field.split(".")
         v = cfg[group][key]
         out[field] = list(v) if isinstance(v, (tuple, list)) else v
+    if cfg.train.get("anchor", ""):  # only when set, so runs saved before the field keep their identity
+        out["train.anchor"] = cfg.train.anchor
     out["digest"] = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:16]
     return out
 
@@ -48,8 +50,8 @@ def check_identity(meta: dict, cfg, where) -> None:
     mine = identity(cfg)
     if saved.get("digest") == mine["digest"]:
         return
-    for field in ("pool", *IDENTITY_FIELDS):
-        if saved.get(field) != mine[field]:
+    for field in ("pool", *IDENTITY_FIELDS, "train.anchor"):
+        if saved.get(field) != mine.get(field):
             name = "config.pool (expert names)" if field == "pool" else f"config.{field}"
             raise ConfigError(f"{where} was trained with {name}={saved.get(field)!r} but this config has {mine[field]!r}; "
                               "resume with the run's own config, or start a new run (--config.run_name=...)")

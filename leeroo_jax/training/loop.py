@@ -75,7 +75,8 @@ def warm_start_head(trainer: Trainer, run_dir: str) -> None:
     """Start from the head of another run's best checkpoint (e.g. a frozen-mode run, before
     fine-tuning the backbone under it: a fresh head on a moving backbone starts from noise)."""
     src = Checkpointer(pathlib.Path(run_dir) / "ckpt")
-    step = src.best_step() or src.latest_step()
+    step = src.best_step()
+    step = src.latest_step() if step is None else step
     if step is None:
         raise ConfigError(f"config.train.init_head_from={run_dir!r} holds no checkpoint; pass a finished run directory")
     restored, _ = src.restore_as_saved(step)
@@ -100,6 +101,10 @@ def _train(cfg, trainer: Trainer, ckpt: Checkpointer, out: pathlib.Path, start: 
     sched = optim.schedule(trainer.opt_cfg)
     t0 = time.perf_counter()
     with MetricWriter(out) as writer:
+        if start == 0 and (t.get("anchor", "") or t.init_head_from):  # the starting head is a candidate too
+            val = evaluate(trainer)
+            writer.write(0, val)
+            ckpt.save(0, nnx.to_pure_dict(trainer.state), {"step": 0, "seed": t.seed, "config": identity(cfg)}, metrics=val)
         for s in tqdm(range(start, t.steps), initial=start, total=t.steps, desc="train",
                       disable=not distributed.is_main_process()):
             trainer.state, metrics = step.train_step(trainer.graphdef, trainer.state, trainer.batch(s),

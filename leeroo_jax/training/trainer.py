@@ -40,6 +40,20 @@ def side_features(cfg, ds: Dataset, vecs: np.ndarray | None = None, subjects: np
                                   float(cfg.eval.subject_strength), self_index)
 
 
+def anchor_index(cfg) -> int:
+    """The side feature an anchored head starts from (config.train.anchor): "prior" -> the
+    subject prior (the last one), "knn<k>" -> the k-neighbour outcomes; "" -> -1, a free head."""
+    a, ks = cfg.train.get("anchor", ""), [int(k) for k in cfg.train.side_knn]
+    if not a:
+        return -1
+    if a == "prior" and cfg.train.side_prior:
+        return len(ks)
+    if a.startswith("knn") and a[3:].isdigit() and int(a[3:]) in ks:
+        return ks.index(int(a[3:]))
+    raise ConfigError(f"config.train.anchor={a!r} names no side feature of this config (side_knn={tuple(ks)}, "
+                      f"side_prior={bool(cfg.train.side_prior)}); use '', prior or knn<k> with k in side_knn")
+
+
 def make_mesh(cfg) -> jax.sharding.Mesh:
     return sharding.make_mesh(sharding.MeshConfig(**cfg.mesh.to_dict()))
 
@@ -60,7 +74,8 @@ class Trainer:
         if t.batch_size % self.n_data:
             raise ConfigError(f"config.train.batch_size={t.batch_size} does not split over the mesh's {self.n_data} "
                               "data-parallel devices; use a multiple of it")
-        head = Head(HeadConfig(vecs.shape[1], len(data.pool), side.shape[-1], t.hidden, t.dropout), rngs=nnx.Rngs(t.seed))
+        head = Head(HeadConfig(vecs.shape[1], len(data.pool), side.shape[-1], t.hidden, t.dropout, anchor_index(cfg)),
+                    rngs=nnx.Rngs(t.seed))
         num_layers, trainable = 0, None
         if t.mode == "frozen":
             model, self.tokens = Orchestrator(head), None

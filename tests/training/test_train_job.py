@@ -73,14 +73,26 @@ def _flatten(tree, prefix=""):
         yield prefix, np.asarray(tree)
 
 
-def test_last_k_run_trains_only_the_top_layers(tmp_path, minilm_path):
-    """A last_k=2 run of the real MiniLM: its checkpoint's lower 4 layers and embeddings are the
-    pretrained weights bit for bit, its top 2 layers moved."""
+def test_last_k_from_a_warm_head_trains_only_the_top_layers(uninterrupted, tmp_path, minilm_path):
+    """One last_k=2 run of the real MiniLM started from the frozen run's best head
+    (init_head_from). It scores VAL as that run did at step 0 (the starting head is evaluated
+    and saved, a candidate for the best) and after step 1 (the warmup's lr is 0 at step 0);
+    its checkpoint's lower 4 layers and embeddings are the pretrained weights bit for bit, its
+    top 2 layers moved. A head of another shape is a one-line error."""
     from leeroo_jax.weights.safetensors_io import SafetensorsFile
 
-    proc = _train(tmp_path, "--config.train.mode=last_k", "--config.train.last_k=2", "--config.train.steps=10",
-                  "--config.train.eval_every=10", "--config.train.batch_size=32")
+    proc = _train(tmp_path, "--config.train.mode=last_k", "--config.train.last_k=2", "--config.train.steps=2",
+                  "--config.train.eval_every=1", "--config.train.batch_size=32",
+                  f"--config.train.init_head_from={uninterrupted}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "head initialised from" in proc.stdout
+    src = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
+    best = max(m["val_aiq"] for m in src if "val_aiq" in m)
+    got = {m["step"]: m["val_aiq"] for m in map(json.loads, (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines())
+           if "val_aiq" in m}
+    assert sorted(got) == [0, 1, 2]
+    assert [got[0], got[1]] == pytest.approx([best, best], abs=2e-3)
+
     _, restored = _final_params(tmp_path / "tiny")
     bb = restored["state"]["0"]["backbone"]  # the (model, optimizer) tuple saves as keys "0", "1"
     st = SafetensorsFile(minilm_path / "model.safetensors")
@@ -90,20 +102,6 @@ def test_last_k_run_trains_only_the_top_layers(tmp_path, minilm_path):
         same = np.array_equal(np.asarray(bb["layers"]["b_out"])[i], pretrained)
         assert same == (i < 4), i
     assert (tmp_path / "tiny" / "report.json").exists()
-
-
-def test_warm_start_copies_the_head_and_checks_its_shape(uninterrupted, tmp_path):
-    """init_head_from: a last_k run starting from the frozen run's best head scores VAL as that
-    run did before its first update (the warmup's lr is 0 at step 0); a head of another
-    shape is a one-line error."""
-    proc = _train(tmp_path, "--config.train.mode=last_k", "--config.train.steps=1", "--config.train.eval_every=1",
-                  f"--config.train.init_head_from={uninterrupted}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "head initialised from" in proc.stdout
-    src = [json.loads(line) for line in (uninterrupted / "metrics.jsonl").read_text().splitlines()]
-    best = max(m["val_aiq"] for m in src if "val_aiq" in m)
-    got = [json.loads(line) for line in (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["val_aiq"] for m in got if "val_aiq" in m] == pytest.approx([best], abs=2e-3)
 
     bad = _train(tmp_path / "bad", "--config.train.hidden=32", f"--config.train.init_head_from={uninterrupted}")
     assert bad.returncode == 2
