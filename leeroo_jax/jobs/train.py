@@ -96,11 +96,12 @@ def out_of_fold(cfg, ds: Dataset, out, cal: pcal.Calibration) -> tuple | None:
 def report_budgets(cost: np.ndarray, names: list[str], strong: str) -> dict[str, float]:
     """Every expert's mean cost (equal costs once) and 0.4x the strong expert's: the budgets at
     which the deployed policy must match the best single expert it can afford."""
-    out = {}
-    for e in np.argsort(cost.mean(0)):
-        c = float(cost[:, e].mean())
-        if not any(abs(c - v) <= 1e-12 * max(c, 1e-30) for v in out.values()):
-            out[names[e].split("/")[-1]] = c
+    out, c = {}, cost.mean(0)
+    for e in np.argsort(c, kind="stable"):
+        same = np.flatnonzero(np.abs(c - c[e]) <= 1e-12 * max(c[e], 1e-30))
+        if same[0] == e:  # experts at one price: one budget, named by the first
+            more = f" (+{len(same) - 1} at that price)" if len(same) > 1 else ""
+            out[names[e].split("/")[-1] + more] = float(c[e])
     out[f"0.4x {strong.split('/')[-1]}"] = 0.4 * float(cost[:, names.index(strong)].mean())
     return dict(sorted(out.items(), key=lambda kv: kv[1]))
 
