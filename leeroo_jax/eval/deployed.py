@@ -46,10 +46,15 @@ def deployed(p: np.ndarray, cost: np.ndarray, outcome: np.ndarray, budget: float
 
 def calibrated(p_val: np.ndarray, cost_val: np.ndarray, p: np.ndarray, cost: np.ndarray, outcome: np.ndarray,
                target: float, mode: str = "tradeoff") -> dict:
-    """Fit `mode`'s value on VAL for `target`, route the evaluation questions with it."""
-    cal = calibrate.calibrate(p_val, cost_val, target, mode)
+    """Fit `mode`'s value on VAL for `target`, route the evaluation questions with it. A target
+    outside what VAL routing can spend (the weak expert's cost on TEST below VAL's cheapest
+    routing, when the weak expert is the cheapest) is fitted at VAL's nearest end, flagged."""
+    lo, hi = calibrate.feasible_range(cost_val.astype(np.float32))
+    fit_at = min(max(target, lo), hi)
+    cal = calibrate.calibrate(p_val, cost_val, fit_at, mode)
     sel = select.select(jnp.asarray(p, jnp.float32), jnp.asarray(cost, jnp.float32),
                         jnp.ones(cost.shape[1], bool), cal.budget())
     acc, spent = _realised(np.asarray(sel.choice), cost, outcome)
     return {"target": target, "mode": mode, "value": cal.value, "acc": acc, "cost": spent,
-            "cost_error_pct": 100.0 * (spent - target) / target, "saturated": cal.saturated}
+            "cost_error_pct": 100.0 * (spent - target) / target, "saturated": cal.saturated,
+            "clipped_to_val_range": fit_at != target}

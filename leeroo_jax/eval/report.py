@@ -75,6 +75,7 @@ def headline(report: dict) -> list[str]:
         for name, r in routers.items():
             d, c = r["deployed"][goal], r["calibrated"][goal]
             sat = " (saturated)" if c["saturated"] else ""
+            sat += " (target outside VAL's range: fitted at its end)" if c.get("clipped_to_val_range") else ""
             lines.append(f"| {name} | {d['acc']:.4f} | {d['cost'] * PER_1K:.4f} | {c['acc']:.4f} | "
                          f"{c['cost'] * PER_1K:.4f} | {c['cost_error_pct']:+.1f}%{sat} |")
         lines.append("")

@@ -102,7 +102,9 @@ def report_budgets(cost: np.ndarray, names: list[str], strong: str) -> dict[str,
         if same[0] == e:  # experts at one price: one budget, named by the first
             more = f" (+{len(same) - 1} at that price)" if len(same) > 1 else ""
             out[names[e].split("/")[-1] + more] = float(c[e])
-    out[f"0.4x {strong.split('/')[-1]}"] = 0.4 * float(cost[:, names.index(strong)].mean())
+    share = 0.4 * float(cost[:, names.index(strong)].mean())
+    if share > c.min():  # below the cheapest expert no routing fits
+        out[f"0.4x {strong.split('/')[-1]}"] = share
     return dict(sorted(out.items(), key=lambda kv: kv[1]))
 
 

@@ -35,15 +35,15 @@ def deployed_choice(p: np.ndarray, cost: np.ndarray, budget: float) -> np.ndarra
 
 
 def budget_grid(cost: np.ndarray, n: int = 48) -> np.ndarray:
-    """n mean budgets, geometric from just above the cheapest expert's mean cost to the
-    dearest's (one budget when every expert costs the same).
+    """n mean budgets, geometric from just above the cheapest expert's mean cost to just above
+    the dearest's (one budget when every expert costs the same).
 
-    Exactly at the cheapest mean cost the kernel's multiplier can saturate, and then every
-    router makes the same index-order choice among equal-cost experts: a tie that says nothing
-    about how each routes among them at that price. 1.001x the cheapest keeps lam finite."""
-    c = cost.mean(0)
-    lo = min(c.min() * (1 + 1e-3), c.max())
-    return np.unique(np.geomspace(lo, c.max(), n))
+    Exactly at an expert's mean cost, float32 rounding of the chosen mean decides whether the
+    kernel's multiplier saturates, and saturated, every router makes the same index-order
+    choice among equal-cost experts: a tie that says nothing about how each routes among them
+    at that price. 1.001x keeps lam finite (and 0 at the top)."""
+    c = cost.mean(0) * (1 + 1e-3)
+    return np.unique(np.geomspace(c.min(), c.max(), n))
 
 
 def deployed_curve(p: np.ndarray, cost: np.ndarray, outcome: np.ndarray, budgets: np.ndarray) -> np.ndarray:

@@ -63,5 +63,5 @@ def test_a_damaged_policy_is_a_config_error(bad):
 def test_budget_grid_spans_the_experts():
     cost, _ = _val()
     g = policy.budget_grid(cost, 10)
-    assert g[0] == pytest.approx(cost.mean(0).min() * 1.001) and g[-1] == pytest.approx(cost.mean(0).max())
+    assert g[0] == pytest.approx(cost.mean(0).min() * 1.001) and g[-1] == pytest.approx(cost.mean(0).max() * 1.001)
     assert np.all(np.diff(np.log(g)) == pytest.approx(np.log(g[1] / g[0])))
