@@ -113,6 +113,8 @@ def sweep(cfg, ds: Dataset) -> tuple[dict, list[dict], Scorer]:
         p = scorer.predict(_apply(cfg, trial))
         aiq = scorer.aiq(p)
         table.append({"trial": dict(trial), "label": label, "aiq": aiq, "seconds": time.perf_counter() - t0})
+        if distributed.is_main_process():
+            print(f"tune {len(table):2d} ({scorer.mode}): AIQ {aiq:.4f} in {table[-1]['seconds']:.0f} s  {trial}", flush=True)
         return aiq, p
 
     t = cfg.train
