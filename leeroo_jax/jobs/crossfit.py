@@ -47,23 +47,29 @@ def fit_in_memory(trainer: Trainer, steps: int) -> Trainer:
     return trainer
 
 
-def out_of_fold(cfg, ds: Dataset, k: int, steps: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """(rows, {router: p [len(rows), E]}): every TRAIN question graded by every expert that has
-    TRAIN outcomes, each predicted by routers fitted without its fold; the orchestrator is
-    trained `steps` steps (frozen mode: the cached embeddings in ds.vecs)."""
+def folds(ds: Dataset, k: int) -> tuple[np.ndarray, np.ndarray, list[tuple[Dataset, np.ndarray]]]:
+    """(rows, experts, [(view, held rows)] per fold): rows are the TRAIN questions graded by
+    every expert with TRAIN outcomes (`experts`), in fold order; each view holds one fold out."""
     train = ds.rows("train")
     experts = np.flatnonzero(ds.observed[train].any(0))
-    rows = train[ds.observed[np.ix_(train, experts)].all(1)]
-    folds = fold_of(ds, k)
+    full = train[ds.observed[np.ix_(train, experts)].all(1)]
+    fold = fold_of(ds, k)
+    views = [(fold_view(ds, fold == f), full[fold[full] == f]) for f in range(k)]
+    return np.concatenate([held for _, held in views]), experts, views
+
+
+def out_of_fold(cfg, ds: Dataset, k: int, steps: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(rows, {router: p [len(rows), E]}): every TRAIN question graded by every expert that has
+    TRAIN outcomes (in fold order), each predicted by routers fitted without its fold; the
+    orchestrator is trained `steps` steps (frozen mode: the cached embeddings in ds.vecs)."""
+    rows, _, views = folds(ds, k)
     mesh = make_mesh(cfg)
-    out: dict[str, np.ndarray] = {}
-    for f in range(k):
-        view = fold_view(ds, folds == f)
-        held = rows[folds[rows] == f]
+    out: dict[str, list[np.ndarray]] = {}
+    for view, held in views:
         if not len(held):
             continue
         trainer = fit_in_memory(Trainer(cfg, view, side_features(cfg, view), mesh), steps)
         preds = {"orchestrator": trainer.predict(held), **evaluate.reference_routers(cfg, view, held)}
         for name, q in preds.items():
-            out.setdefault(name, np.zeros((len(rows), len(ds.pool)), np.float32))[folds[rows] == f] = q
-    return rows, out
+            out.setdefault(name, []).append(q)
+    return rows, {name: np.concatenate(qs) for name, qs in out.items()}

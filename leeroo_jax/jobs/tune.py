@@ -80,12 +80,7 @@ class Scorer:
             self.rows, self.experts = vev.rows, vev.experts
             self.views = [(ds, vev.rows)]
         else:
-            train = ds.rows("train")
-            self.experts = np.flatnonzero(ds.observed[train].any(0))
-            full = train[ds.observed[np.ix_(train, self.experts)].all(1)]
-            folds = crossfit.fold_of(ds, self.k)
-            self.views = [(crossfit.fold_view(ds, folds == f), full[folds[full] == f]) for f in range(self.k)]
-            self.rows = np.concatenate([held for _, held in self.views])
+            self.rows, self.experts, self.views = crossfit.folds(ds, self.k)
         self._side: dict = {}
 
     def predict(self, cfg) -> np.ndarray:
