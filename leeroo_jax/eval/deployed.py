@@ -19,7 +19,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from leeroo_jax.orchestrator import calibrate, select
+from leeroo_jax.orchestrator import calibrate, policy, select
 
 STRONG_SHARE = 0.4
 
@@ -37,10 +37,7 @@ def _realised(choice: np.ndarray, cost: np.ndarray, outcome: np.ndarray) -> tupl
 
 def deployed(p: np.ndarray, cost: np.ndarray, outcome: np.ndarray, budget: float) -> dict:
     """Accuracy and realised mean cost of the batch-budget choice; p, cost, outcome [Q, E]."""
-    avail = jnp.ones(cost.shape[1], bool)
-    sel = select.select(jnp.asarray(p, jnp.float32), jnp.asarray(cost, jnp.float32), avail,
-                        select.Budget.batch_budget(budget))
-    acc, spent = _realised(np.asarray(sel.choice), cost, outcome)
+    acc, spent = _realised(policy.deployed_choice(p, cost, budget), cost, outcome)
     return {"budget": budget, "acc": acc, "cost": spent}
 
 
