@@ -8,7 +8,7 @@ from absl import app, flags, logging
 
 from leeroo_jax import compile_cache, distributed
 from leeroo_jax.data.pool import Pool
-from leeroo_jax.errors import ConfigError, run_main
+from leeroo_jax.errors import ConfigError, LeerooError, run_main
 from leeroo_jax.orchestrator import pcal
 from leeroo_jax.orchestrator.explore import STRATEGIES
 from leeroo_jax.orchestrator.select import MODES
@@ -106,6 +106,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     unknown key surfaces from ml_collections as a KeyError, which absl would print as a traceback)."""
     try:
         return flags.FLAGS(argv)
+    except LeerooError as e:  # raised by the config file itself (e.g. a bad price table)
+        print(f"error: {e}", file=sys.stderr)
     except KeyError as e:
         msg = " ".join(str(e.args[0] if e.args else e).split())
         print(f"error: unknown config key: {msg}; see configs/base.py for the keys", file=sys.stderr)

@@ -111,7 +111,8 @@ def _import(records_dir: pathlib.Path, outcomes: str, questions, pool: Pool, cos
         def __missing__(self, key):
             return cost[idx[key[0]], name_idx[key[1]]]
 
-    records.import_outcomes(store, src, _Costs(), idx, skip_unknown_experts=skip_unknown)
+    records.import_outcomes(store, src, _Costs(), idx, skip_unknown_experts=skip_unknown,
+                            expect=[e.name for e in pool.experts if not e.live])
     os.replace(tmp, records_dir)  # the store appears whole or not at all
 
 

@@ -18,8 +18,11 @@ cost counts that prompt, not just the query text.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import math
+import os
+import pathlib
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -163,3 +166,32 @@ class Pool:
             tokens = self._input_tokens(expert, prompts)
             out[:, e] = (tokens * expert.input_price + expert.output_tokens * expert.output_price) / 1e6
         return out
+
+
+PRICE_COLUMNS = ("model", "input_price", "output_price")
+
+
+def read_price_table(path: str | os.PathLike) -> list[dict]:
+    """config.pool entries from a price table CSV: model,input_price,output_price (USD per 1M
+    tokens), one expert a row; a user's pool without writing Python (configs/custom_pool.py)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"price table {path} does not exist; pass a CSV with columns {','.join(PRICE_COLUMNS)}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not set(PRICE_COLUMNS) <= set(reader.fieldnames):
+            raise ConfigError(f"{path.name}: expected columns {','.join(PRICE_COLUMNS)} (USD per 1M tokens); "
+                              f"got {reader.fieldnames}")
+        out = []
+        for n, row in enumerate(reader, 2):
+            try:
+                prices = [float(row[k]) for k in PRICE_COLUMNS[1:]]
+            except (TypeError, ValueError):
+                raise ConfigError(f"{path.name}:{n}: a price is not a number; give USD per 1M tokens") from None
+            if not all(p >= 0 and math.isfinite(p) for p in prices) or not (row["model"] or "").strip():
+                raise ConfigError(f"{path.name}:{n}: needs a model name and prices >= 0 (USD per 1M tokens)")
+            out.append(dict(name=row["model"].strip(), input_price=prices[0], output_price=prices[1]))
+    if not out:
+        raise ConfigError(f"{path.name} lists no expert; add a row per model: {','.join(PRICE_COLUMNS)}")
+    Pool.from_config(out)  # repeated names fail here, naming the file's rows
+    return out

@@ -35,9 +35,9 @@ def _realised(choice: np.ndarray, cost: np.ndarray, outcome: np.ndarray) -> tupl
     return float(outcome[rows, choice].mean()), float(cost[rows, choice].mean())
 
 
-def deployed(p: np.ndarray, cost: np.ndarray, outcome: np.ndarray, budget: float) -> dict:
-    """Accuracy and realised mean cost of the batch-budget choice; p, cost, outcome [Q, E]."""
-    acc, spent = _realised(policy.deployed_choice(p, cost, budget), cost, outcome)
+def deployed(p: np.ndarray, cost: np.ndarray, outcome: np.ndarray, budget: float, router: str = policy.PRIMARY) -> dict:
+    """Accuracy and realised mean cost of `router`'s batch-budget choice; p, cost, outcome [Q, E]."""
+    acc, spent = _realised(policy.deployed_choice(p, cost, budget, router), cost, outcome)
     return {"budget": budget, "acc": acc, "cost": spent}
 
 

@@ -20,6 +20,7 @@ from leeroo_jax.eval import deployed as dep
 from leeroo_jax.eval import frontier as fr
 from leeroo_jax.eval import report as report_lib
 from leeroo_jax.eval import routers
+from leeroo_jax.orchestrator import policy
 
 RouterP = tuple[np.ndarray, np.ndarray]  # (p [N_eval, E], p [N_val, E]) over the pool's experts
 
@@ -77,9 +78,17 @@ def evaluate(cfg, ds: Dataset, ev: EvalSet, router_p: dict[str, RouterP]) -> dic
     for name, (p, p_val) in budget_p.items():
         c_val = ds.cost[np.ix_(graded_val if name == "oracle" else val, cols)]
         p, p_val = p[:, cols], p_val[:, cols]
-        rep["routers"][name]["deployed"] = {k: dep.deployed(p, cost, outcome, b) for k, b in goals.items()}
+        kind = policy.ZERO if name == "zero" else name
+        rep["routers"][name]["deployed"] = {k: dep.deployed(p, cost, outcome, b, kind) for k, b in goals.items()}
         rep["routers"][name]["calibrated"] = {k: dep.calibrated(p_val, c_val, p, cost, outcome, b)
                                               for k, b in goals.items()}
+    w, s = names.index(cfg.eval.weak), names.index(cfg.eval.strong)
+    aw, as_ = outcome[:, w].mean(), outcome[:, s].mean()
+    for name, (p, _) in budget_p.items():  # RouteLLM's units: thresholds on p_strong - p_weak, share of calls
+        curve = fr.strong_share_curve(p[:, cols], outcome, w, s)
+        rep["routers"][name]["strong_share"] = {"apgr": fr.apgr(curve, (0.0, aw), (1.0, as_)),
+                                                **{f"cpt{x}": fr.cpt(curve, (0.0, aw), (1.0, as_), x / 100)
+                                                   for x in (50, 80)}}
     rep["n_calibration"] = {"val": int(len(val)), "val_graded_for_oracle": int(len(graded_val))}
     rep["excluded_experts"] = ev.excluded
     return rep

@@ -112,6 +112,21 @@ def sweep(p: np.ndarray, cost: np.ndarray, outcome: np.ndarray, lams: np.ndarray
     return Frontier(pts, upper_hull(pts))
 
 
+def strong_share_curve(p: np.ndarray, outcome: np.ndarray, weak: int, strong: int, n: int = 1000) -> Frontier:
+    """RouteLLM's two-model curve: route between experts `weak` and `strong` only by thresholding
+    p[:, strong] - p[:, weak], x = the share of queries sent to the strong one. Its "hull" is
+    the threshold curve itself (no random mixing, as RouteLLM measures APGR and CPT), so with
+    weak = (0, acc_weak) and strong = (1, acc_strong), apgr / cpt give its units: CPT as a
+    share of strong-model calls."""
+    d = p[:, strong] - p[:, weak]
+    ths = np.unique(np.quantile(d, np.linspace(0, 1, n + 1))) if len(np.unique(d)) > n else np.unique(d)
+    ths = np.concatenate([[ths[0] - 1.0], ths])  # below every difference: all to the strong one
+    to_strong = d[None, :] > ths[:, None]  # [T, Q]; a tie goes to the weak one
+    pts = np.stack([to_strong.mean(1), np.where(to_strong, outcome[:, strong], outcome[:, weak]).mean(1)], 1)
+    pts = np.unique(pts, axis=0)
+    return Frontier(pts, pts)
+
+
 def experts_frontier(cost: np.ndarray, outcome: np.ndarray) -> Frontier:
     """The zero router: the hull of the single experts (and their random mixtures)."""
     pts = np.stack([cost.mean(0), outcome.mean(0)], axis=1)

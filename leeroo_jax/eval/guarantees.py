@@ -37,7 +37,8 @@ def _policy_curve(pol: policy_lib.Policy, test_p: dict[str, np.ndarray], cost, o
     rows = np.arange(len(cost))
     pts = []
     for b in budgets:
-        e = policy_lib.deployed_choice(test_p[pol.router_for(b)], cost, b)
+        router = pol.router_for(b)
+        e = policy_lib.deployed_choice(test_p[router], cost, b, router)
         pts.append((cost[rows, e].mean(), outcome[rows, e].mean()))
     return np.asarray(pts)
 
@@ -51,7 +52,7 @@ def section(pol: policy_lib.Policy, test_p: dict[str, np.ndarray], cost: np.ndar
         router = pol.router_for(b)
         each = {}
         for name, p in test_p.items():
-            e = policy_lib.deployed_choice(p, cost, b)
+            e = policy_lib.deployed_choice(p, cost, b, name)
             each[name] = {"acc": float(outcome[rows, e].mean()), "cost": float(cost[rows, e].mean())}
         at[label] = {"budget": float(b), "deployed": router, **each[router], "routers": each,
                      "best_single": best_affordable(cost, outcome, names, b)}
@@ -59,7 +60,7 @@ def section(pol: policy_lib.Policy, test_p: dict[str, np.ndarray], cost: np.ndar
     lo, hi = cost.mean(0).min(), cost.mean(0).max()
     aiq = {"policy": fr.Frontier(pts := _policy_curve(pol, test_p, cost, outcome, grid), fr.upper_hull(pts)).area(lo, hi)}
     for name, p in test_p.items():
-        pts = policy_lib.deployed_curve(p, cost, outcome, grid)
+        pts = policy_lib.deployed_curve(p, cost, outcome, grid, name)
         aiq[name] = fr.Frontier(pts, fr.upper_hull(pts)).area(lo, hi)
     return {"ranges": pol.ranges(), "at": at, "aiq_deployed": aiq}
 

@@ -136,7 +136,20 @@ def markdown(report: dict, at: str, reach: str) -> str:
             f"| {name} | {r['aiq']:.4f} | {r['max_acc']:.4f} | {r['acc_at_cost_of'][at]:.4f} | "
             f"{_f(r['cost_ratio_to_acc_of'][reach], '{:.3f}×')} | {r['apgr']:.3f} | {_f(r['cpt50'], '{:.1%}')} | {_f(r['cpt80'], '{:.1%}')} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + strong_share(report)) + "\n"
+
+
+def strong_share(report: dict) -> list[str]:
+    """RouteLLM's two-model metrics: thresholds on p_strong - p_weak, cost counted in calls."""
+    rows = {n: r["strong_share"] for n, r in report["routers"].items() if "strong_share" in r}
+    if not rows:
+        return []
+    weak, strong = (_short(n) for n in report["weak_strong"])
+    lines = ["", f"Two-model routing in RouteLLM's units ({weak} or {strong} per query, by a threshold on "
+             f"p({strong}) - p({weak}); no mixing; CPT as the share of {strong} calls):", "",
+             "| router | APGR | CPT(50%) | CPT(80%) |", "|---|---:|---:|---:|"]
+    lines += [f"| {n} | {r['apgr']:.3f} | {_f(r['cpt50'], '{:.1%}')} | {_f(r['cpt80'], '{:.1%}')} |" for n, r in rows.items()]
+    return lines
 
 
 def plot(report: dict, path: pathlib.Path) -> None:

@@ -34,7 +34,7 @@ from leeroo_jax.errors import ConfigError, DataError
 from leeroo_jax.eval import evaluate
 from leeroo_jax.jobs import common
 from leeroo_jax.jobs.runs import Run, load_run, scoring_model, train_config
-from leeroo_jax.orchestrator import calibrate, select
+from leeroo_jax.orchestrator import calibrate, policy, select
 from leeroo_jax.orchestrator.backbone import Embedder
 from leeroo_jax.orchestrator.router import route_texts
 from leeroo_jax.training.trainer import side_features
@@ -125,8 +125,9 @@ def route_questions(run: Run, questions: list[mmlu.Question], cost: np.ndarray, 
         side[~known] = side_features(run.cfg, d, vecs[~known], np.array([q.subject for q in new]))
     if router != "orchestrator":  # a reference router won this budget on VAL: no model to run
         p = evaluate.reference_p(run.cfg, d, np.array([q.subject for q in questions]), vecs)[router].astype(np.float32)
-        avail = np.ones(cost.shape[1], bool)
-        return p, np.asarray(select.select(p, cost, avail, budget).choice)
+        if budget.mode == "batch_budget":  # the zero router deploys as an exact mix of single experts
+            return p, policy.deployed_choice(p, cost, float(budget.value), router)
+        return p, np.asarray(select.select(p, cost, np.ones(cost.shape[1], bool), budget).choice)
     model, bb = scoring_model(run)
     return route_texts(model, bb, [query_text(q) for q in questions], side, cost, budget, run.trainer.mesh,
                        cal=run.calibration)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 
-import jax.numpy as jnp
 import numpy as np
 
 from leeroo_jax import distributed, fileio
@@ -20,7 +19,7 @@ from leeroo_jax.data.dataset import Dataset
 from leeroo_jax.eval import evaluate
 from leeroo_jax.eval import report as report_lib
 from leeroo_jax.jobs import common, deployment, tune
-from leeroo_jax.orchestrator import pcal, policy, select
+from leeroo_jax.orchestrator import pcal, policy
 from leeroo_jax.training import loop, trainer as trainer_lib
 
 
@@ -33,10 +32,7 @@ def routes(cfg, ds: Dataset, rows: np.ndarray, router_p: dict[str, np.ndarray], 
     budgets = {"cheapest": cost.mean(0).min(), "weak": cost[:, names.index(cfg.eval.weak)].mean(),
                "strong_x0.4": 0.4 * cost[:, names.index(cfg.eval.strong)].mean(),
                "strong": cost[:, names.index(cfg.eval.strong)].mean()}
-    avail = jnp.ones(len(names), bool)
-    picks = {k: np.asarray(select.select(jnp.asarray(router_p[pol.router_for(b)], jnp.float32),
-                                         jnp.asarray(cost, jnp.float32), avail,
-                                         select.Budget.batch_budget(float(b))).choice) for k, b in budgets.items()}
+    picks = {k: policy.deployed_choice(router_p[pol.router_for(b)], cost, b, pol.router_for(b)) for k, b in budgets.items()}
     out = []
     for i, r in enumerate(rows):
         rec = {"id": ds.questions[r].id}

@@ -25,10 +25,57 @@ from leeroo_jax.errors import ConfigError
 from leeroo_jax.orchestrator import select
 
 PRIMARY = "orchestrator"
+ZERO = "constant"  # the router that knows nothing about the query: its p is each expert's accuracy
 
 
-def deployed_choice(p: np.ndarray, cost: np.ndarray, budget: float) -> np.ndarray:
-    """[Q] the batch-budget choice (mean cost <= budget) of p [Q, E] under cost [Q, E]."""
+def hull_experts(acc: np.ndarray, mean_cost: np.ndarray) -> np.ndarray:
+    """Indices of the experts on the non-decreasing upper hull of (mean cost, acc), cost
+    ascending: the single experts worth mixing (among equal costs the most accurate, then the
+    lower index)."""
+    order = np.lexsort((np.arange(len(acc)), -acc, mean_cost))  # cost up, acc down, index up
+    keep: list[int] = []
+    for e in order:
+        if keep and acc[e] <= acc[keep[-1]]:
+            continue  # a cheaper (or equal-cost) expert is at least as accurate
+        while len(keep) >= 2:
+            a, b = keep[-2], keep[-1]
+            cross = (mean_cost[b] - mean_cost[a]) * (acc[e] - acc[a]) - (acc[b] - acc[a]) * (mean_cost[e] - mean_cost[a])
+            if cross >= 0:  # b is on or under the chord a-e
+                keep.pop()
+            else:
+                break
+        keep.append(int(e))
+    return np.asarray(keep)
+
+
+def mixture_choice(acc: np.ndarray, cost: np.ndarray, budget: float) -> np.ndarray:
+    """[Q] the zero router deployed under a batch budget: the exact mix of the two single
+    experts around `budget` on the hull of (this batch's mean cost, acc [E]).
+
+    The dearer one takes the queries where it costs least extra, as many as fit, so at a
+    hull expert's own mean cost every query goes to it. (The selection kernel on a constant
+    p instead splits every expert by per-query cost at one lam, which can land under the
+    expert it should match.)"""
+    q = len(cost)
+    hull = hull_experts(np.asarray(acc, np.float64), cost.mean(0))
+    c = cost[:, hull].mean(0)
+    k = int(np.searchsorted(c, budget + 1e-12 * max(budget, 1e-30), side="right")) - 1
+    if k < 0 or k == len(hull) - 1:  # below the cheapest: the cheapest; above the top: the top
+        return np.full(q, hull[max(k, 0)])
+    lo, hi = hull[k], hull[k + 1]
+    extra = cost[:, hi] - cost[:, lo]
+    order = np.argsort(extra, kind="stable")
+    fits = np.cumsum(extra[order]) <= (budget - c[k]) * q * (1 + 1e-9)
+    choice = np.full(q, lo)
+    choice[order[:int(fits.sum())]] = hi
+    return choice
+
+
+def deployed_choice(p: np.ndarray, cost: np.ndarray, budget: float, router: str = PRIMARY) -> np.ndarray:
+    """[Q] the batch-budget choice (mean cost <= budget) of `router` with p [Q, E] under cost
+    [Q, E]: the selection kernel's, or for the zero router the exact mix of single experts."""
+    if router == ZERO:
+        return mixture_choice(np.asarray(p)[0], np.asarray(cost, np.float64), budget)
     sel = select.select(jnp.asarray(p, jnp.float32), jnp.asarray(cost, jnp.float32), jnp.ones(cost.shape[1], bool),
                         select.Budget.batch_budget(float(budget)))
     return np.asarray(sel.choice)
@@ -46,12 +93,13 @@ def budget_grid(cost: np.ndarray, n: int = 48) -> np.ndarray:
     return np.unique(np.geomspace(c.min(), c.max(), n))
 
 
-def deployed_curve(p: np.ndarray, cost: np.ndarray, outcome: np.ndarray, budgets: np.ndarray) -> np.ndarray:
-    """[K, 2] (realised mean cost, accuracy) of the deployed choice at each budget."""
+def deployed_curve(p: np.ndarray, cost: np.ndarray, outcome: np.ndarray, budgets: np.ndarray,
+                   router: str = PRIMARY) -> np.ndarray:
+    """[K, 2] (realised mean cost, accuracy) of `router`'s deployed choice at each budget."""
     rows = np.arange(len(p))
     out = []
     for b in budgets:
-        e = deployed_choice(p, cost, b)
+        e = deployed_choice(p, cost, b, router)
         out.append((cost[rows, e].mean(), outcome[rows, e].mean()))
     return np.asarray(out)
 
@@ -100,7 +148,7 @@ def fit(val_p: dict[str, np.ndarray], cost: np.ndarray, outcome: np.ndarray, bud
         raise ValueError(f"no p for the primary router {primary!r}")
     budgets = budget_grid(cost) if budgets is None else np.asarray(budgets, np.float64)
     names = [primary] + [n for n in val_p if n != primary]  # the primary first: it wins ties
-    acc = {n: deployed_curve(val_p[n], cost, outcome, budgets)[:, 1] for n in names}
+    acc = {n: deployed_curve(val_p[n], cost, outcome, budgets, n)[:, 1] for n in names}
     table = np.stack([acc[n] for n in names])  # [R, K]
     winner = [names[int(np.argmax(table[:, k] > table[:, k].max() - 1e-12))] for k in range(len(budgets))]
     return Policy(budgets, winner, {n: acc[n].tolist() for n in names})

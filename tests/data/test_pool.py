@@ -46,3 +46,26 @@ def test_bad_pool_configs(entries, msg):
 def test_unknown_expert_name():
     with pytest.raises(ConfigError, match="unknown expert 'gpt-5'"):
         Pool.from_config(MMLU_9).index("gpt-5")
+
+
+def test_the_shipped_price_table_is_the_default_pool():
+    """configs/custom_pool_prices.csv (the bring-your-own-pool example) holds the 9 list prices."""
+    from leeroo_jax.data.pool import read_price_table
+    import pathlib
+    table = read_price_table(pathlib.Path(__file__).parents[2] / "configs" / "custom_pool_prices.csv")
+    assert table == [dict(name=e["name"], input_price=e["input_price"], output_price=e["output_price"]) for e in MMLU_9]
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("model,price\na,1\n", "expected columns model,input_price,output_price"),
+    ("model,input_price,output_price\na,1,x\n", "p.csv:2: a price is not a number"),
+    ("model,input_price,output_price\na,1,1\nb,-1,1\n", "p.csv:3: needs a model name and prices >= 0"),
+    ("model,input_price,output_price\n,1,1\n", "p.csv:2: needs a model name"),
+    ("model,input_price,output_price\na,1,1\na,2,2\n", "names repeat (a)"),
+    ("model,input_price,output_price\n", "lists no expert"),
+])
+def test_a_bad_price_table_is_one_line(tmp_path, text, msg):
+    from leeroo_jax.data.pool import read_price_table
+    (tmp_path / "p.csv").write_text(text)
+    with pytest.raises(ConfigError, match=__import__("re").escape(msg)):
+        read_price_table(tmp_path / "p.csv")

@@ -72,3 +72,27 @@ def test_a_pool_whose_experts_all_cost_the_same():
     weak, strong = (1.0, 0.5), (1.0, 0.5 + 1e-9)
     assert fr.cpt(f, weak, strong, 0.5) == 0.0
     assert fr.cpt(fr.experts_frontier(cost, outcome), (1.0, 0.5), (1.0, 0.9), 0.8) is None
+
+
+def test_strong_share_curve_matches_routellm_by_enumeration():
+    """APGR and CPT in RouteLLM's units against a direct enumeration: send the k queries with
+    the largest p_strong - p_weak to the strong model, k = 0..Q, and integrate by trapezoids."""
+    rng = np.random.default_rng(3)
+    q = 400
+    outcome = (rng.uniform(size=(q, 3)) < [0.55, 0.3, 0.8]).astype(float)
+    p = np.clip(outcome * 0.3 + rng.uniform(size=(q, 3)) * 0.7, 0, 1)
+    w, s = 0, 2
+    order = np.argsort(-(p[:, s] - p[:, w]))
+    acc = [np.where(np.isin(np.arange(q), order[:k]), outcome[:, s], outcome[:, w]).mean() for k in range(q + 1)]
+    x = np.arange(q + 1) / q
+    aw, as_ = outcome[:, w].mean(), outcome[:, s].mean()
+    gap = (np.asarray(acc) - aw) / (as_ - aw)
+    golden_apgr = np.sum((x[1:] - x[:-1]) * (gap[1:] + gap[:-1]) / 2)
+    curve = fr.strong_share_curve(p, outcome, w, s)
+    assert fr.apgr(curve, (0.0, aw), (1.0, as_)) == pytest.approx(golden_apgr, abs=1e-12)
+    for target in (0.5, 0.8):
+        k = int(np.argmax(gap >= target))  # the first k reaching the target; ours interpolates before it
+        assert (k - 1) / q <= fr.cpt(curve, (0.0, aw), (1.0, as_), target) <= k / q + 1e-12
+    flat = fr.strong_share_curve(np.tile(outcome.mean(0), (q, 1)), outcome, w, s)  # a constant p: all or nothing
+    assert fr.apgr(flat, (0.0, aw), (1.0, as_)) == pytest.approx(0.5)
+    assert fr.cpt(flat, (0.0, aw), (1.0, as_), 0.8) == pytest.approx(0.8)

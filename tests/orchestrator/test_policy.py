@@ -65,3 +65,33 @@ def test_budget_grid_spans_the_experts():
     g = policy.budget_grid(cost, 10)
     assert g[0] == pytest.approx(cost.mean(0).min() * 1.001) and g[-1] == pytest.approx(cost.mean(0).max() * 1.001)
     assert np.all(np.diff(np.log(g)) == pytest.approx(np.log(g[1] / g[0])))
+
+
+def _hull_acc(acc, mean_cost, budget):
+    """The single experts' frontier at `budget` by an exact solver: the LP max sum_e w_e acc_e
+    over mixing weights w >= 0, sum w = 1, sum w_e mean_cost_e <= budget."""
+    from scipy.optimize import linprog
+    res = linprog(-acc, A_ub=[mean_cost], b_ub=[budget], A_eq=[np.ones_like(acc)], b_eq=[1.0], bounds=(0, 1))
+    assert res.status == 0
+    return -res.fun
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_zero_router_deploys_the_exact_mix_of_single_experts(seed):
+    """At any budget the mix fits the budget and is within one query of the LP frontier of the
+    single experts; at a hull expert's own mean cost every query goes to that expert."""
+    rng = np.random.default_rng(seed)
+    q, e = 300, 6
+    acc = rng.uniform(0.3, 0.9, e)
+    cost = rng.uniform(0.1, 5.0, e) * rng.uniform(0.5, 1.5, (q, 1))  # per-query lengths vary
+    c = cost.mean(0)
+    step = np.ptp(acc) / q
+    for b in np.concatenate([np.linspace(c.min(), c.max(), 25), c]):
+        choice = policy.deployed_choice(np.tile(acc, (q, 1)), cost, b, policy.ZERO)
+        assert cost[np.arange(q), choice].mean() <= b * (1 + 1e-9)
+        assert acc[choice].mean() >= _hull_acc(acc, c, b) - step - 1e-9
+    for h in policy.hull_experts(acc, c):
+        choice = policy.deployed_choice(np.tile(acc, (q, 1)), cost, c[h], policy.ZERO)
+        assert (choice == h).all()
+        assert acc[h] == pytest.approx(_hull_acc(acc, c, c[h]))  # a hull expert is its own LP optimum
+    assert (policy.deployed_choice(np.tile(acc, (q, 1)), cost, 0.5 * c.min(), policy.ZERO) == c.argmin()).all()
