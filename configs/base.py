@@ -106,6 +106,7 @@ def get_config():
     c.train.soft_weight = 0.0  # blend of the soft label (gold-letter probability) into the target
     c.train.side_knn = (20, 100)  # retrieval side features: neighbours' outcomes at these k
     c.train.side_prior = True  # the subject prior as a side feature
+    c.train.ensemble = 1  # M > 1: M heads from M initialisations, averaged in p (orchestrator/model.py)
     c.train.anchor = ""  # "" = a free head; prior | knn<k>: logits start at that side feature (orchestrator/model.py)
     c.train.tune = False  # sweep head settings on held-out questions first, train the winner (jobs/tune.py)
     c.train.tune_min_val = 1000  # VAL questions graded by every expert needed to tune on VAL; else k-fold on TRAIN

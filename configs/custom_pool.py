@@ -10,7 +10,8 @@ my_outcomes.csv, one graded answer a row:    id,model,correct[,prob]
 my_prices.csv, one expert a row:             model,input_price,output_price   (USD per 1M tokens)
 
 Every model the outcomes CSV grades needs a price (the job names all that lack one, and
-stops), and every priced model needs graded answers (a misspelt name). weak / strong (the
+stops); a priced model the CSV never grades is warned about (it may be graded later, by
+probes or self-play) and left out of evaluation. weak / strong (the
 pair APGR, CPT and the report's budgets refer to) default to the cheapest and the dearest
 expert; set --config.eval.weak / strong to choose. As shipped (no argument) it runs the
 vendored outcomes with this directory's custom_pool_prices.csv: the 9 experts' list prices.

@@ -28,6 +28,11 @@ def get_config(variant: str | None = None):
     elif variant not in (None, ""):
         raise ValueError(f"configs/tiny.py has no variant {variant!r}")
     c.run_name = "tiny" if not variant else f"tiny_{variant}"
+    return shrink(c)
+
+
+def shrink(c):
+    """Any config made seconds-long on CPU (the tests' other pools use it on configs/mmlu.py's)."""
     c.train.steps = 20
     c.train.batch_size = 64
     c.train.hidden = 16

@@ -53,7 +53,7 @@ def check_train(cfg) -> None:
     t = cfg.train
     if t.mode not in TRAIN_MODES:
         raise ConfigError(f"config.train.mode={t.mode!r}; choose one of {', '.join(TRAIN_MODES)}")
-    for name in ("steps", "batch_size", "hidden", "log_every", "eval_every", "keep", "last_k", "accumulate"):
+    for name in ("steps", "batch_size", "hidden", "log_every", "eval_every", "keep", "last_k", "accumulate", "ensemble"):
         if not (isinstance(t[name], int) and t[name] > 0):
             raise ConfigError(f"config.train.{name}={t[name]!r} must be a positive integer")
     if not t.lr > 0 or not 0 <= t.dropout < 1 or not 0 <= t.soft_weight <= 1:

@@ -331,3 +331,45 @@ def test_pool_entry_without_a_name(tmp_path, module, extra):
     proc = _cli(module, str(config), f"--config.output_root={tmp_path / 'out'}", *extra)
     _one_line_error(proc, "config.pool[0] has no name", "give every expert a unique name")
     assert not (tmp_path / "out").exists()
+
+
+# --- a pool brought as an outcomes CSV and a price table (configs/custom_pool.py) -------------
+
+
+def test_a_price_table_missing_models_of_the_csv_names_them_all(data, tmp_path):
+    """The slice's CSV grades 9 models; a table pricing 7 of them stops the job before any
+    training with one line naming the other 2, and leaves no record store behind."""
+    outcomes = data[0][1].split("=", 1)[1]
+    rows = (ROOT / "configs" / "custom_pool_prices.csv").read_text().splitlines()
+    (tmp_path / "prices.csv").write_text("\n".join(rows[:-2]) + "\n")
+    out = tmp_path / "out"
+    proc = _cli("leeroo_jax.train", f"configs/custom_pool.py:{outcomes},{tmp_path / 'prices.csv'}", *data[0][:1],
+                f"--config.output_root={out}", *TRAIN_ARGS)
+    missing = [r.split(",")[0] for r in rows[-2:]]
+    _one_line_error(proc, "grades 2 model(s) the pool does not price", *(repr(m) for m in missing), "extra_experts=skip")
+    assert not list(out.rglob("records*")) and not list(out.rglob("report.json"))
+
+
+def test_a_bad_price_table_is_one_line_at_config_load(tmp_path):
+    (tmp_path / "prices.csv").write_text("model,input_price,output_price\na,1,1\nb,one,1\n")
+    proc = _cli("leeroo_jax.train", f"configs/custom_pool.py:vendored,{tmp_path / 'prices.csv'}",
+                f"--config.output_root={tmp_path / 'out'}")
+    _one_line_error(proc, "prices.csv:3: a price is not a number", "USD per 1M tokens")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_three_model_pool_from_its_own_csv_and_price_table_trains(data, tmp_path):
+    """The other side of the check: a user's 3-model CSV (real rows of the slice) and its price
+    table train and report those 3 experts, weak / strong the cheapest and the dearest."""
+    src = pathlib.Path(data[0][1].split("=", 1)[1]).read_text().splitlines()
+    keep = ("gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1", "meta-llama/Meta-Llama-3-8B")
+    (tmp_path / "mine.csv").write_text("\n".join([src[0]] + [r for r in src[1:] if r.split(",")[1] in keep]) + "\n")
+    prices = (ROOT / "configs" / "custom_pool_prices.csv").read_text().splitlines()
+    (tmp_path / "prices.csv").write_text("\n".join([prices[0]] + [r for r in prices if r.split(",")[0] in keep]) + "\n")
+    proc = _cli("leeroo_jax.train", f"configs/custom_pool.py:{tmp_path / 'mine.csv'},{tmp_path / 'prices.csv'}",
+                *data[0][:1], f"--config.output_root={tmp_path}", "--config.eval.knn_ks=()",
+                "--config.backbone.max_length=16", "--config.eval.policy_folds=0", *TRAIN_ARGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads((tmp_path / "custom_pool" / "report.json").read_text())
+    assert sorted(rep["experts"]) == sorted(keep)
+    assert rep["weak_strong"] == ["meta-llama/Meta-Llama-3-8B", "gpt-4-1106-preview"]

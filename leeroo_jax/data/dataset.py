@@ -22,6 +22,7 @@ import shutil
 from typing import Callable, Sequence
 
 import numpy as np
+from absl import logging
 
 from leeroo_jax.data import mmlu, records, splits
 from leeroo_jax.data.pool import Pool, query_text
@@ -111,8 +112,16 @@ def _import(records_dir: pathlib.Path, outcomes: str, questions, pool: Pool, cos
         def __missing__(self, key):
             return cost[idx[key[0]], name_idx[key[1]]]
 
-    records.import_outcomes(store, src, _Costs(), idx, skip_unknown_experts=skip_unknown,
-                            expect=[e.name for e in pool.experts if not e.live])
+    try:
+        records.import_outcomes(store, src, _Costs(), idx, skip_unknown_experts=skip_unknown)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a refused CSV leaves nothing behind
+        raise
+    graded = {store.experts[i] for i in np.unique(store.read(["expert"])["expert"])}
+    ungraded = [e.name for e in pool.experts if not e.live and e.name not in graded]
+    if ungraded:  # allowed (an expert graded later, by probes or self-play), but a misspelt name looks the same
+        logging.warning("%s grades none of pool expert(s) %s; they stay out of evaluation until graded (check the "
+                        "names against the CSV's if that is not intended)", src.name, ", ".join(ungraded))
     os.replace(tmp, records_dir)  # the store appears whole or not at all
 
 

@@ -311,21 +311,14 @@ def read_outcomes_csv(path: str | os.PathLike) -> Iterable[tuple[str, str, float
 
 
 def import_outcomes(store: RecordStore, path: str | os.PathLike, costs: Mapping[tuple[str, str], float],
-                    known_ids: Mapping[str, object] | set, skip_unknown_experts: bool = False,
-                    expect: Sequence[str] = ()) -> int:
+                    known_ids: Mapping[str, object] | set, skip_unknown_experts: bool = False) -> int:
     """Append every graded answer of an outcomes CSV (correct -> outcome, prob -> soft label).
 
     `costs[(qid, expert)]` gives each call's cost. The whole file is validated before anything
     is written, so a bad row leaves the store untouched. skip_unknown_experts: drop the rows of
     experts outside the store's pool (training on a sub-pool) instead of failing on them.
-    expect: experts that must have rows (a priced model with none is a misspelt name).
     """
     rows = list(read_outcomes_csv(path))
-    graded = {r[1] for r in rows}
-    absent = [e for e in expect if e not in graded]
-    if absent:
-        raise DataError(f"{pathlib.Path(path).name} has no graded answer of pool expert(s) {', '.join(map(repr, absent))}; "
-                        f"name them as the CSV does ({', '.join(sorted(graded)) or 'it grades no model'}) or drop them")
     if skip_unknown_experts:
         rows = [r for r in rows if r[1] in store.experts]
     unpriced = sorted({r[1] for r in rows} - set(store.experts))

@@ -103,6 +103,9 @@ def fit_row(h_kh, side_logit_kp, side_w_p, y_k, u0_h, l2, steps: int = 500):
 
 def run(cfg) -> dict:
     base = load_run(cfg.checkpoint)
+    if base.cfg.train.get("ensemble", 1) > 1:
+        raise ConfigError(f"add_expert grows one head, but {cfg.checkpoint} is an ensemble of "
+                          f"{base.cfg.train.ensemble} heads; retrain it with --config.train.ensemble=1 first")
     new_cfg, new_names = _new_config(cfg, base.cfg)
     out = common.output_dir(new_cfg)
     full = common.load_dataset(new_cfg, embed=False)  # every recorded outcome: the probes' source, the eval truth
@@ -148,7 +151,7 @@ def run(cfg) -> dict:
         h, side_logit = _features(trainer.graphdef, trainer.state, batch)
         n = len(rows)
         sl = side_logit[:n, e] if side_logit is not None else jnp.zeros((n, 1))
-        u, b = fit_row(h[:n], sl, jnp.asarray(head_state["side_w"])[: sl.shape[-1]],
+        u, b = fit_row(h[0, :n], sl, jnp.asarray(head_state["side_w"])[: sl.shape[-1]],
                        jnp.asarray(full.outcome[rows, e], jnp.float32), jnp.asarray(u_old.mean(0)),
                        float(cfg.add_expert.l2))
         experts[e], bias[e] = np.asarray(u), float(b)

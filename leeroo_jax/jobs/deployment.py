@@ -19,15 +19,21 @@ from leeroo_jax.orchestrator import pcal, policy
 from leeroo_jax.training.checkpoint import Checkpointer
 
 
-def calibration_section(ds: Dataset, ev, cal: pcal.Calibration, raw, p, raw_val, p_val) -> dict:
+def calibration_section(ds: Dataset, ev, cal: pcal.Calibration, raw, p, raw_val, p_val, oof=None) -> dict:
     """ECE of the orchestrator's p before and after calibration: on the evaluated split (out
-    of sample) and on VAL (where the maps were fitted), over the graded pairs."""
+    of sample), on VAL (where the maps were fitted) and, given `oof` = (rows, raw p) of
+    TRAIN's out-of-fold predictions, there: held out from both the heads and the maps, the
+    evidence for keeping the calibration that needs no TEST."""
     val = ds.rows("val")
     ece = lambda q, rows: pcal.ece(q, ds.outcome[rows], ds.observed[rows])  # noqa: E731
     per = {n: {"before": pcal.ece(raw[:, e], ds.outcome[ev.rows, e]), "after": pcal.ece(p[:, e], ds.outcome[ev.rows, e])}
            for e, n in ((e, ds.names[e]) for e in ev.experts)}
-    return {"kind": cal.kind, "split": ev.split, "ece_before": ece(raw, ev.rows), "ece_after": ece(p, ev.rows),
-            "val_ece_before": ece(raw_val, val), "val_ece_after": ece(p_val, val), "per_expert": per}
+    out = {"kind": cal.kind, "split": ev.split, "ece_before": ece(raw, ev.rows), "ece_after": ece(p, ev.rows),
+           "val_ece_before": ece(raw_val, val), "val_ece_after": ece(p_val, val), "per_expert": per}
+    if oof is not None:
+        rows, q = oof
+        out.update(oof_ece_before=ece(q, rows), oof_ece_after=ece(cal.apply(q), rows), oof_rows=int(len(rows)))
+    return out
 
 
 def fit_policy(cfg, ds: Dataset, val_p: dict[str, np.ndarray], oof: tuple | None = None) -> policy.Policy:
@@ -49,18 +55,25 @@ def fit_policy(cfg, ds: Dataset, val_p: dict[str, np.ndarray], oof: tuple | None
     return policy.fit({n: q[:, cols] for n, q in p.items()}, cost, outcome)
 
 
-def out_of_fold(cfg, ds: Dataset, out, cal: pcal.Calibration) -> tuple | None:
-    """TRAIN's out-of-fold predictions for the policy (config.eval.policy_folds folds; frozen
-    mode), the orchestrator trained as many steps as the run's best checkpoint, calibrated."""
+def out_of_fold(cfg, ds: Dataset, out) -> tuple | None:
+    """(rows, {router: p}) of TRAIN's out-of-fold predictions for the policy
+    (config.eval.policy_folds folds; frozen mode), the orchestrator trained as many steps as
+    the run's best checkpoint; its p uncalibrated (`calibrated` applies the run's maps)."""
     k = int(cfg.eval.policy_folds)
     if k < 2 or cfg.train.mode != "frozen":
         return None
     ckpt = Checkpointer(out / "ckpt")
     steps = ckpt.best_step()
     ckpt.close()
-    rows, p = crossfit.out_of_fold(cfg, ds, k, cfg.train.steps if steps is None else steps)
-    p["orchestrator"] = cal.apply(p["orchestrator"])
-    return rows, p
+    return crossfit.out_of_fold(cfg, ds, k, cfg.train.steps if steps is None else steps)
+
+
+def calibrated(oof: tuple | None, cal: pcal.Calibration) -> tuple | None:
+    """`oof` with the orchestrator's p through the run's calibration maps."""
+    if oof is None:
+        return None
+    rows, p = oof
+    return rows, {**p, "orchestrator": cal.apply(p["orchestrator"])}
 
 
 def report_budgets(cost: np.ndarray, names: list[str], strong: str) -> dict[str, float]:

@@ -36,8 +36,9 @@ def identity(cfg) -> dict:
         group, key = field.split(".")
         v = cfg[group][key]
         out[field] = list(v) if isinstance(v, (tuple, list)) else v
-    if cfg.train.get("anchor", ""):  # only when set, so runs saved before the field keep their identity
-        out["train.anchor"] = cfg.train.anchor
+    for field in ("anchor", "ensemble"):  # only when set, so runs saved before the fields keep their identity
+        if cfg.train.get(field, "") not in ("", 1):
+            out[f"train.{field}"] = cfg.train[field]
     out["digest"] = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()[:16]
     return out
 
@@ -50,7 +51,7 @@ def check_identity(meta: dict, cfg, where) -> None:
     mine = identity(cfg)
     if saved.get("digest") == mine["digest"]:
         return
-    for field in ("pool", *IDENTITY_FIELDS, "train.anchor"):
+    for field in ("pool", *IDENTITY_FIELDS, "train.anchor", "train.ensemble"):
         if saved.get(field) != mine.get(field):
             name = "config.pool (expert names)" if field == "pool" else f"config.{field}"
             raise ConfigError(f"{where} was trained with {name}={saved.get(field)!r} but this config has {mine[field]!r}; "

@@ -29,6 +29,13 @@ def _logits(model, batch, dropout_key=None):
     return model.head(batch["q"], batch.get("side"), dropout_key)
 
 
+def _member_logits(model, batch, dropout_key):
+    """[M, B, E]: each ensemble member's logits (M = 1 for one head)."""
+    if "tokens" in batch:
+        return model.member_logits(batch["tokens"], batch["attn"], batch.get("side"), dropout_key)
+    return model.head.member_logits(batch["q"], batch.get("side"), dropout_key)
+
+
 @functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
 def train_step(graphdef, state, batch, dropout_key):
     """One optimizer update. state = nnx.split((model, optimizer))[1]; returns (state, metrics).
@@ -37,8 +44,10 @@ def train_step(graphdef, state, batch, dropout_key):
     """
     model, optimizer = nnx.merge(graphdef, state)
 
-    def loss_fn(model):
-        return masked_bce(_logits(model, batch, dropout_key), batch["target"], batch["mask"])
+    def loss_fn(model):  # an ensemble: the mean of its members' own losses (they learn independently)
+        per_member = jax.vmap(masked_bce, (0, None, None))(_member_logits(model, batch, dropout_key),
+                                                           batch["target"], batch["mask"])
+        return jnp.mean(per_member)
 
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads)

@@ -74,8 +74,8 @@ class Trainer:
         if t.batch_size % self.n_data:
             raise ConfigError(f"config.train.batch_size={t.batch_size} does not split over the mesh's {self.n_data} "
                               "data-parallel devices; use a multiple of it")
-        head = Head(HeadConfig(vecs.shape[1], len(data.pool), side.shape[-1], t.hidden, t.dropout, anchor_index(cfg)),
-                    rngs=nnx.Rngs(t.seed))
+        head = Head(HeadConfig(vecs.shape[1], len(data.pool), side.shape[-1], t.hidden, t.dropout, anchor_index(cfg),
+                               members=int(t.get("ensemble", 1))), rngs=nnx.Rngs(t.seed))
         num_layers, trainable = 0, None
         if t.mode == "frozen":
             model, self.tokens = Orchestrator(head), None

@@ -30,9 +30,11 @@ def test_the_sweep_keeps_the_best_trial_of_each_axis(small_sweep, tmp_path):
     trials = [r for r in table if r["label"] in ("", "config")]
     by_hidden = max(trials[:2], key=lambda r: r["aiq"])["trial"]["hidden"]
     assert [(r["trial"]["hidden"], r["trial"]["anchor"]) for r in trials] == [(16, ""), (8, ""), (by_hidden, "prior")]
-    chosen = max(trials, key=lambda r: r["aiq"])
-    assert best == chosen["trial"]
+    single = max(trials, key=lambda r: r["aiq"])
     assert [r["label"] for r in table[-2:]] == ["seed 1", "ensemble"]
+    ens = table[-1]  # the winner as an ensemble of 2 heads, trained and scored like a trial
+    assert ens["trial"] == {**single["trial"], "ensemble": 2}
+    assert best == (ens if ens["aiq"] > single["aiq"] else single)["trial"]  # a seed row is never chosen
     tune.write(tmp_path, best, table, scorer.mode, len(scorer.rows))
     assert "**chosen**" in (tmp_path / "tune.md").read_text()
 

@@ -81,6 +81,8 @@ def test_the_report_shows_the_policy_against_the_best_affordable_expert(anchored
         assert check["ok"] == (row["acc"] >= fits[best] - 1e-9)
     cal = rep["calibration"]
     assert cal["kind"] == "platt" and cal["val_ece_after"] < cal["val_ece_before"]
+    assert cal["oof_rows"] > 2000 and 0 < cal["oof_ece_after"] < 1 and cal["oof_ece_before"] != cal["oof_ece_after"]
+    assert "TRAIN out-of-fold" in (anchored / "report.md").read_text()
     assert "Deployed policy, decided on VAL" in (anchored / "report.md").read_text()
 
 
@@ -116,3 +118,22 @@ def test_route_serves_a_budget_with_the_router_the_policy_names(anchored, data, 
     want = _exact_batch_choice(p.astype(np.float32), cost, summary["budget"]["value"])
     agree = np.mean([g["expert"] == data.names[e] for g, e in zip(got, want)])
     assert agree >= 0.99, agree
+
+
+def test_route_serves_the_zero_router_as_the_single_expert_at_its_own_cost(anchored, data, tmp_path):
+    """Where the policy names the zero router, a batch budget equal to Mixtral's mean cost
+    (Mixtral on the hull of TRAIN accuracy vs cost) sends every question to Mixtral."""
+    run = tmp_path / "tiny"
+    shutil.copytree(anchored, run)
+    pol = json.loads((run / "policy.json").read_text())
+    pol["winner"] = ["constant"] * len(pol["winner"])
+    (run / "policy.json").write_text(json.dumps(pol))
+    proc = _cli("leeroo_jax.score", tmp_path, "--config.job=route", f"--config.checkpoint={run}",
+                "--config.route.mode=batch_budget", "--config.route.value=weak")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "route" / "summary.json").read_text())
+    assert summary["router"] == "constant"
+    weak = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    assert summary["choices"][weak] == summary["n_questions"] == len(data.eval_set("test").rows)
+    ev = data.eval_set("test")
+    assert summary["accuracy"] == pytest.approx(data.outcome[ev.rows, data.names.index(weak)].mean())

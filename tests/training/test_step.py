@@ -251,3 +251,34 @@ def test_gradient_accumulation_equals_one_big_batch():
         np.testing.assert_allclose(mid, b0, rtol=1e-5, atol=1e-7)
         moved = max(moved, float(np.abs(b - c).max()))
     assert moved > 1e-4
+
+
+def test_an_ensemble_averages_its_members_p_and_trains_each_on_its_own_loss():
+    """M = 3 heads: the logits are logit(mean of the members' p), each member's by the head's
+    NumPy formula on its own slice of the weights; the train step's loss is the NumPy mean of
+    the members' masked BCE; members start from different weights, each at one head's scale."""
+    rng = np.random.default_rng(0)
+    m, h = 3, 16
+    head = Head(HeadConfig(D, E, P, hidden=h, dropout=0.0, members=m), rngs=nnx.Rngs(0))
+    for name in ("b1", "b2", "bias", "side_w"):  # zeros at init: give every term a say
+        getattr(head, name)[...] = jnp.asarray(rng.normal(0, 0.3, getattr(head, name).shape), jnp.float32)
+    w = {k: np.asarray(getattr(head, k)[...], np.float64) for k in ("w1", "b1", "w2", "b2", "experts", "bias", "side_w")}
+    assert w["w1"].shape == (m, D + E * P, h) and not np.allclose(w["w1"][0], w["w1"][1])
+    limit = np.sqrt(6 / (D + E * P + h))  # glorot-uniform bound of one member's [D_in, H]
+    assert limit * 0.8 < np.abs(w["w1"]).max() <= limit
+    q, side = rng.normal(size=(5, D)), rng.uniform(0.05, 0.95, (5, E, P))
+    member = np.stack([_np_head({k: v[i] for k, v in w.items()}, q, side) for i in range(m)])  # [M, B, E]
+    p = (1 / (1 + np.exp(-member))).mean(0)
+    got = np.asarray(head(jnp.asarray(q, jnp.float32), jnp.asarray(side, jnp.float32)))
+    np.testing.assert_allclose(got, np.log(p / (1 - p)), rtol=1e-4, atol=1e-4)
+    assert np.abs(member[0] - member[1]).max() > 0.1  # not one head three times
+
+    target, mask = (rng.uniform(size=(5, E)) < 0.5).astype(np.float32), (rng.uniform(size=(5, E)) < 0.7).astype(np.float32)
+    pm = 1 / (1 + np.exp(-member))
+    bce = -(target * np.log(pm) + (1 - target) * np.log(1 - pm))  # [M, B, E]
+    want = np.mean([(b * mask).sum() / mask.sum() for b in bce])
+    model = Orchestrator(head)
+    graphdef, state = nnx.split((model, nnx.Optimizer(model, optim.make(optim.OptimConfig()), wrt=nnx.Param)))
+    batch = {"q": q.astype(np.float32), "side": side.astype(np.float32), "target": target, "mask": mask}
+    _, metrics = step.train_step(graphdef, state, batch, jax.random.key(0))
+    assert float(metrics["loss"]) == pytest.approx(want, rel=1e-4)
