@@ -109,9 +109,9 @@ def deployment(report: dict) -> list[str]:
         lines += ["", f"Calibration ({cal['kind']}, fitted on VAL): expected calibration error on {cal['split'].upper()} "
                   f"{cal['ece_before']:.4f} before, {cal['ece_after']:.4f} after (VAL {cal['val_ece_before']:.4f} → "
                   f"{cal['val_ece_after']:.4f}"
-                  + (f"; TRAIN out-of-fold, {cal['oof_rows']} questions held out from heads and maps: "
-                     f"{cal['oof_ece_before']:.4f} → {cal['oof_ece_after']:.4f}" if "oof_ece_before" in cal else "")
-                  + ")."]
+                  + ")." + ("" if "val_cross_fitted" not in cal else " Cross-fitted on VAL (5 folds, each calibrated by "
+                                                            "maps fitted on the others): " + ", ".join(
+                      f"{k} {v:.4f}" for k, v in cal["val_cross_fitted"].items()) + ".")]
     return lines + [""]
 
 

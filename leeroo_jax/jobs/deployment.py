@@ -19,20 +19,20 @@ from leeroo_jax.orchestrator import pcal, policy
 from leeroo_jax.training.checkpoint import Checkpointer
 
 
-def calibration_section(ds: Dataset, ev, cal: pcal.Calibration, raw, p, raw_val, p_val, oof=None) -> dict:
+def calibration_section(ds: Dataset, ev, cal: pcal.Calibration, raw, p, raw_val, p_val, folds: int = 5) -> dict:
     """ECE of the orchestrator's p before and after calibration: on the evaluated split (out
-    of sample), on VAL (where the maps were fitted) and, given `oof` = (rows, raw p) of
-    TRAIN's out-of-fold predictions, there: held out from both the heads and the maps, the
-    evidence for keeping the calibration that needs no TEST."""
+    of sample), on VAL (where the maps were fitted), and per kind cross-fitted on VAL
+    (`folds` folds by question id, each calibrated by maps fitted on the others): the
+    evidence, without TEST, for which kind the run should use."""
     val = ds.rows("val")
     ece = lambda q, rows: pcal.ece(q, ds.outcome[rows], ds.observed[rows])  # noqa: E731
     per = {n: {"before": pcal.ece(raw[:, e], ds.outcome[ev.rows, e]), "after": pcal.ece(p[:, e], ds.outcome[ev.rows, e])}
            for e, n in ((e, ds.names[e]) for e in ev.experts)}
     out = {"kind": cal.kind, "split": ev.split, "ece_before": ece(raw, ev.rows), "ece_after": ece(p, ev.rows),
            "val_ece_before": ece(raw_val, val), "val_ece_after": ece(p_val, val), "per_expert": per}
-    if oof is not None:
-        rows, q = oof
-        out.update(oof_ece_before=ece(q, rows), oof_ece_after=ece(cal.apply(q), rows), oof_rows=int(len(rows)))
+    fold = crossfit.fold_of(ds, folds)[val]
+    out["val_cross_fitted"] = {kind: ece(pcal.cross_fitted(kind, raw_val, ds.outcome[val], ds.observed[val], fold), val)
+                               for kind in pcal.KINDS}
     return out
 
 

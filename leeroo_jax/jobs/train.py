@@ -63,8 +63,7 @@ def run(cfg) -> str:
     rep = evaluate.evaluate(cfg, ds, ev, routers)
     test_p, val_p = ({n: v[i] for n, v in routers.items()} for i in (0, 1))
     oof = deployment.out_of_fold(cfg, ds, out)
-    rep["calibration"] = deployment.calibration_section(ds, ev, cal, raw, p, raw_val, p_val,
-                                                        None if oof is None else (oof[0], oof[1]["orchestrator"]))
+    rep["calibration"] = deployment.calibration_section(ds, ev, cal, raw, p, raw_val, p_val)
     pol = deployment.fit_policy(cfg, ds, val_p, deployment.calibrated(oof, cal))
     rep["deployment"] = deployment.section(cfg, ds, ev, pol, test_p)
     if not distributed.is_main_process():

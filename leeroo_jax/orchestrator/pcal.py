@@ -43,7 +43,7 @@ def fit_platt(p: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 50) -
     z, y = _logit(p), np.asarray(y, np.float64)
     w = np.array([1.0, 0.0])
     for _ in range(iters):
-        q = 1.0 / (1.0 + np.exp(-(w[0] * z + w[1])))
+        q = 0.5 * (1.0 + np.tanh(0.5 * (w[0] * z + w[1])))  # sigmoid, no overflow
         g = np.array([np.mean((q - y) * z) + l2 * (w[0] - 1.0), np.mean(q - y)])
         s = q * (1 - q)
         h = np.array([[np.mean(s * z * z) + l2, np.mean(s * z)], [np.mean(s * z), np.mean(s) + 1e-12]])
@@ -93,7 +93,7 @@ class Calibration:
         if self.kind == "platt":
             q = xp.clip(p, _EPS, 1 - _EPS)
             z = xp.log(q) - xp.log1p(-q)
-            return xp.clip(1.0 / (1.0 + xp.exp(-(z * self.a + self.b))), _EPS, 1 - _EPS)
+            return xp.clip(0.5 * (1.0 + xp.tanh(0.5 * (z * self.a + self.b))), _EPS, 1 - _EPS)  # sigmoid
         cols = [xp.interp(p[..., e], self.x[e], self.y[e]) for e in range(self.x.shape[0])]  # E is small
         return xp.clip(xp.stack(cols, axis=-1), _EPS, 1 - _EPS)
 
@@ -152,3 +152,13 @@ def ece(p: np.ndarray, outcome: np.ndarray, observed: np.ndarray | None = None, 
         if m.any():
             total += m.mean() * abs(outcome[m].mean() - p[m].mean())
     return float(total)
+
+
+def cross_fitted(kind: str, p: np.ndarray, outcome: np.ndarray, observed: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """p [N, E] with each fold's rows calibrated by maps fitted on the other folds (fold [N]):
+    held-out evidence, on the questions the maps are fitted on, for choosing `kind`."""
+    out = np.empty_like(p, dtype=np.float64)
+    for f in np.unique(fold):
+        own = fold == f
+        out[own] = fit(kind, p[~own], outcome[~own], observed[~own]).apply(p[own].astype(np.float64))
+    return out

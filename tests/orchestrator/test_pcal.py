@@ -105,3 +105,20 @@ def test_a_calibration_is_a_jit_argument():
         cal = pcal.fit("platt", p2[:, None], y2[:, None], np.ones((500, 1), bool))
         np.testing.assert_allclose(np.asarray(f(cal, jnp.asarray(p[:, None]))), cal.apply(p[:, None]), atol=1e-5)
     assert len(traces) == 1
+
+
+def test_cross_fitted_maps_never_see_their_own_fold_and_fix_a_miscalibrated_p():
+    rng = np.random.default_rng(0)
+    n, e = 3000, 2
+    z = rng.normal(size=(n, e))
+    outcome = (rng.uniform(size=(n, e)) < 1 / (1 + np.exp(-z))).astype(np.float64)
+    p = 1 / (1 + np.exp(-2.5 * z))  # overconfident: the truth is sigmoid(z)
+    observed = rng.uniform(size=(n, e)) < 0.8
+    fold = np.arange(n) % 5
+    q = pcal.cross_fitted("platt", p, outcome, observed, fold)
+    assert pcal.ece(q, outcome, observed) < 0.3 * pcal.ece(p, outcome, observed)
+    flipped = np.where(fold[:, None] == 0, 1 - outcome, outcome)  # fold 0's own outcomes change
+    q2 = pcal.cross_fitted("platt", p, flipped, observed, fold)
+    np.testing.assert_array_equal(q2[fold == 0], q[fold == 0])
+    assert not np.array_equal(q2[fold == 1], q[fold == 1])  # the others' maps did see fold 0
+    np.testing.assert_array_equal(pcal.cross_fitted("none", p, outcome, observed, fold), p)
