@@ -36,6 +36,7 @@ def get_config(variant: str | None = None):
         return c
     if variant == "selfplay":  # the honest bandit benchmark on the real outcomes (jobs/selfplay.py)
         c.run_name = "mmlu_selfplay"
+        c.train.dropout, c.train.weight_decay = 0.3, 0.1  # the MC-dropout posterior the benchmark was measured with
         return c
     # Other pools over the same graded answers (README "Routing on other pools"): the CSV's
     # other experts are skipped, not errors.

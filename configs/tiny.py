@@ -14,6 +14,7 @@ def get_config(variant: str | None = None):
         c.pool = [dict(e) for e in MMLU_9 + SMOLLM2_LIVE]
     elif variant in ("selfplay", "selfplay_live"):  # two short rounds
         c.selfplay.rounds = 2
+        c.train.dropout, c.train.weight_decay = 0.3, 0.1  # as configs/mmlu.py:selfplay
         c.selfplay.steps = 10
         c.selfplay.start_fraction = 0.2
         c.selfplay.calls_per_round = 0.1

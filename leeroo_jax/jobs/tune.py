@@ -125,6 +125,8 @@ def sweep(cfg, ds: Dataset) -> tuple[dict, list[dict], Scorer]:
             continue
         for v in values:
             trial = {**best, axis: v}
+            if trial.get("anchor") == "prior" and not SIDES[trial.get("side", "prior")][1]:
+                trial["anchor"] = ""  # no prior feature to anchor at: _apply would train the free head again
             if trial in tried:
                 continue
             tried.append(trial)

@@ -98,20 +98,26 @@ def _exact_batch_choice(p, cost, budget):
     return cost.argmin(1)
 
 
-def test_route_serves_a_budget_with_the_router_the_policy_names(anchored, data, tmp_path):
-    """A policy that hands every budget to the subject prior: route's choices are that
-    router's batch-budget choices, and the summary names it."""
+def _route_under_a_policy_of(router, anchored, tmp_path) -> tuple[dict, list[dict]]:
+    """(summary, choices) of `route` at the weak expert's mean cost, on a copy of the run whose
+    policy hands every budget to `router`; the summary must name it."""
     run = tmp_path / "tiny"
     shutil.copytree(anchored, run)
     pol = json.loads((run / "policy.json").read_text())
-    pol["winner"] = ["subject_prior"] * len(pol["winner"])
+    pol["winner"] = [router] * len(pol["winner"])
     (run / "policy.json").write_text(json.dumps(pol))
     proc = _cli("leeroo_jax.score", tmp_path, "--config.job=route", f"--config.checkpoint={run}",
                 "--config.route.mode=batch_budget", "--config.route.value=weak")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run / "route" / "summary.json").read_text())
-    assert summary["router"] == "subject_prior"
-    got = [json.loads(line) for line in (run / "route" / "choices.jsonl").read_text().splitlines()]
+    assert summary["router"] == router
+    return summary, [json.loads(line) for line in (run / "route" / "choices.jsonl").read_text().splitlines()]
+
+
+def test_route_serves_a_budget_with_the_router_the_policy_names(anchored, data, tmp_path):
+    """A policy that hands every budget to the subject prior: route's choices are that
+    router's batch-budget choices."""
+    summary, got = _route_under_a_policy_of("subject_prior", anchored, tmp_path)
     ev = data.eval_set("test")
     assert [g["id"] for g in got] == [data.questions[r].id for r in ev.rows]
     tr = data.rows("train")
@@ -125,17 +131,8 @@ def test_route_serves_a_budget_with_the_router_the_policy_names(anchored, data, 
 def test_route_serves_the_zero_router_as_the_single_expert_at_its_own_cost(anchored, data, tmp_path):
     """Where the policy names the zero router, a batch budget equal to Mixtral's mean cost
     (Mixtral on the hull of TRAIN accuracy vs cost) sends every question to Mixtral."""
-    run = tmp_path / "tiny"
-    shutil.copytree(anchored, run)
-    pol = json.loads((run / "policy.json").read_text())
-    pol["winner"] = ["constant"] * len(pol["winner"])
-    (run / "policy.json").write_text(json.dumps(pol))
-    proc = _cli("leeroo_jax.score", tmp_path, "--config.job=route", f"--config.checkpoint={run}",
-                "--config.route.mode=batch_budget", "--config.route.value=weak")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((run / "route" / "summary.json").read_text())
-    assert summary["router"] == "constant"
+    summary, _ = _route_under_a_policy_of("constant", anchored, tmp_path)
     weak = "mistralai/Mixtral-8x7B-Instruct-v0.1"
-    assert summary["choices"][weak] == summary["n_questions"] == len(data.eval_set("test").rows)
     ev = data.eval_set("test")
+    assert summary["choices"][weak] == summary["n_questions"] == len(ev.rows)
     assert summary["accuracy"] == pytest.approx(data.outcome[ev.rows, data.names.index(weak)].mean())
