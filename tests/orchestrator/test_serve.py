@@ -123,3 +123,24 @@ def test_route_calibrated_on_val_meets_its_target(runs, tmp_path):
     assert cal["target_mean_cost_usd"] * 0.97 <= cal["val_mean_cost_usd"] <= cal["target_mean_cost_usd"] * (1 + 1e-6)
     assert summary["budget"] == {"mode": "tradeoff", "value": pytest.approx(cal["value"])}
     assert abs(summary["mean_cost_usd"] / cal["target_mean_cost_usd"] - 1) < 0.15  # TEST, never seen by the fit
+
+
+def test_an_ensemble_run_routes_with_the_mean_of_its_members(tmp_path):
+    """A run trained with --config.train.ensemble=3 keeps 3 heads in its checkpoint, and the
+    route job's jitted scorer (tokens -> backbone -> heads -> calibrated p) gives the run's own
+    predictions (cached embeddings, the members' mean p through its calibration)."""
+    from flax import nnx
+    from leeroo_jax.jobs.route import route_questions
+    from leeroo_jax.orchestrator import select
+
+    proc = _cli("leeroo_jax.train", "configs/tiny.py", tmp_path, "--config.train.ensemble=3", "--config.run_name=ens")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = load_run(tmp_path / "ens")
+    assert nnx.to_pure_dict(run.trainer.state[0])["head"]["w1"].shape[0] == 3
+    rows = run.data.rows("test")[:64]
+    qs = [run.data.questions[r] for r in rows]
+    cost = Pool.from_config(run.cfg.pool).costs(qs).astype(np.float32)
+    p, _ = route_questions(run, qs, cost, select.Budget.batch_budget(float(cost[:, 1].mean())), "orchestrator")
+    want = run.calibration.apply(run.trainer.predict(rows))
+    np.testing.assert_allclose(p, want, atol=0.02)  # route re-embeds from tokens; the run read cached vectors
+    assert np.corrcoef(p.ravel(), want.ravel())[0, 1] > 0.99
