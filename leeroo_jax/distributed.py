@@ -6,9 +6,15 @@ GPU cluster it discovers the coordinator from the environment; on one machine it
 
 from __future__ import annotations
 
+import itertools
 import os
+from typing import Callable, TypeVar
 
 import jax
+
+T = TypeVar("T")
+_BARRIERS = itertools.count()
+BARRIER_TIMEOUT_S = 3 * 3600  # process 0 may embed or import for a long time first
 
 
 def _multi_host_env() -> bool:
@@ -33,3 +39,24 @@ def initialize() -> None:
 
 def is_main_process() -> bool:
     return jax.process_index() == 0
+
+
+def barrier(name: str, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+    """Every process waits here until all have arrived (the coordination service's barrier, as
+    Orbax's multihost sync uses; no device collective). Every process must make the same
+    sequence of barrier calls. Nothing to wait for in one process."""
+    if jax.process_count() == 1:
+        return
+    client = jax._src.distributed.global_state.client  # noqa: SLF001  the public sync helpers are collectives
+    client.wait_at_barrier(f"leeroo_{name}_{next(_BARRIERS)}", int(timeout_s * 1000))
+
+
+def main_first(name: str, fn: Callable[[], T]) -> T:
+    """fn() in process 0, then, after a barrier, in every other process: a shared cache or store
+    is created and written by one process, and the others open what it wrote."""
+    if is_main_process():
+        out = fn()
+        barrier(name)
+        return out
+    barrier(name)
+    return fn()

@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 from absl import logging
 
+from leeroo_jax import distributed
 from leeroo_jax.data import mmlu, records, splits
 from leeroo_jax.data.pool import Pool, query_text
 from leeroo_jax.errors import DataError
@@ -147,7 +148,7 @@ def load(cfg, records_dir: str | os.PathLike, embed: Callable[[Sequence[str]], n
     questions = questions + [q for q in extra_questions if q.id not in have]
     pool = Pool.from_config(cfg.pool)
     cost = pool.costs(questions)
-    store = open_records(cfg, records_dir, questions, pool, cost)
+    store = distributed.main_first("records", lambda: open_records(cfg, records_dir, questions, pool, cost))
     dense = store.dense([q.id for q in questions], list(pool.names))
     observed = dense.observed
     if cfg.data.probes:  # experts added from a few probes: only those outcomes are known (splits unchanged)
@@ -156,5 +157,5 @@ def load(cfg, records_dir: str | os.PathLike, embed: Callable[[Sequence[str]], n
     ds = Dataset(questions, pool, cost, dense.outcome, dense.soft, observed,
                  splits.split_array([q.id for q in questions]), np.array([q.subject for q in questions]))
     if embed is not None:
-        ds.vecs = np.asarray(embed(ds.texts), np.float32)
+        ds.vecs = distributed.main_first("embed", lambda: np.asarray(embed(ds.texts), np.float32))
     return ds

@@ -147,7 +147,7 @@ def run(cfg) -> dict:
     for name in new_names:
         rows = np.array([ids[q] for q in probes[name]])
         e = names.index(name)
-        batch = jax.device_put(trainer._query(rows))
+        batch = jax.device_put(trainer._query(rows)[0])
         h, side_logit = _features(trainer.graphdef, trainer.state, batch)
         n = len(rows)
         sl = side_logit[:n, e] if side_logit is not None else jnp.zeros((n, 1))

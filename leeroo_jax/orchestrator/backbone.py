@@ -51,10 +51,16 @@ class TokenTable:
     def sort_by_length(self, rows: np.ndarray) -> np.ndarray:
         return rows[np.argsort(self.lengths[rows], kind="stable")]
 
-    def pack(self, rows: np.ndarray, pad_rows_to: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def length(self, rows: np.ndarray) -> int:
+        """T: the bucketed length a batch of these rows is padded to."""
+        return bucket_length(int(self.lengths[rows].max()), self.bucket_step, self.max_length)
+
+    def pack(self, rows: np.ndarray, pad_rows_to: int = 1, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """[n', T] int32 tokens and attention mask; n' = len(rows) rounded up to `pad_rows_to`
-        (all-padding rows at the end, so a batch splits evenly over the data axes)."""
-        t = bucket_length(int(self.lengths[rows].max()), self.bucket_step, self.max_length)
+        (all-padding rows at the end, so a batch splits evenly over the data axes). length: T
+        (default: `length(rows)`); a process packing its share of a global batch passes the
+        global batch's, so every process's part has one shape."""
+        t = self.length(rows) if length is None else length
         n = -(-len(rows) // pad_rows_to) * pad_rows_to
         tokens = np.full((n, t), self.pad_id, np.int32)
         attn = np.zeros((n, t), np.int32)

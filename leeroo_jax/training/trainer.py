@@ -103,23 +103,29 @@ class Trainer:
             soft = np.nan_to_num(data.soft, nan=-1.0)
             self.target = np.where(soft >= 0, (1 - t.soft_weight) * self.target + t.soft_weight * soft, self.target)
 
-    def _query(self, rows: np.ndarray) -> dict:
-        """The query part of a batch for `rows`, padded to a multiple of the data axes."""
+    def _query(self, rows: np.ndarray) -> tuple[dict, int]:
+        """(this process's share of the query part of a global batch over `rows`, padded to a
+        multiple of the data axes by repeating the last row; the global row count)."""
         n = -(-len(rows) // self.n_data) * self.n_data
         padded = np.concatenate([rows, np.full(n - len(rows), rows[-1])])
+        mine = padded[sharding.local_rows(n, self.mesh)]
         if self.tokens is None:
-            return {"q": self.vecs[padded], "side": self.side[padded]}
-        tokens, attn = self.tokens.pack(rows, self.n_data)
-        return {"tokens": tokens, "attn": attn, "side": self.side[padded]}
+            return {"q": self.vecs[mine], "side": self.side[mine]}, n
+        tokens, attn = self.tokens.pack(mine, length=self.tokens.length(rows))  # one T for every process
+        return {"tokens": tokens, "attn": attn, "side": self.side[mine]}, n
 
     def batch(self, s: int) -> dict:
+        """Step s's global batch (the same rows in every process, from the seed and s alone),
+        each process building only its share."""
         t = self.cfg.train
         if self.tokens is None:
             idx = batches.uniform_rows(self.train_rows, t.batch_size, t.seed, s)
         else:
             idx = batches.length_grouped_rows(self.train_by_length, t.batch_size, t.seed, s)
-        b = {**self._query(idx), "target": self.target[idx], "mask": self.data.observed[idx].astype(np.float32)}
-        return sharding.shard_batch(b, self.mesh)
+        query, n = self._query(idx)
+        mine = idx[sharding.local_rows(n, self.mesh)]
+        b = {**query, "target": self.target[mine], "mask": self.data.observed[mine].astype(np.float32)}
+        return sharding.shard_batch(b, self.mesh, n)
 
     def predict(self, rows: np.ndarray, state=None) -> np.ndarray:
         """p [len(rows), E], dropout off. Fine-tuning modes go through length-sorted batches."""
@@ -128,8 +134,9 @@ class Trainer:
         out = np.empty((len(rows), len(self.data.pool)), np.float32)
         for s in range(0, len(rows), chunk):
             sel = order[s:s + chunk]
-            batch = sharding.shard_batch(self._query(rows[sel]), self.mesh)
-            out[sel] = np.asarray(step.predict(self.graphdef, state or self.state, batch))[: len(sel)]
+            query, n = self._query(rows[sel])
+            p = step.predict(self.graphdef, state or self.state, sharding.shard_batch(query, self.mesh, n))
+            out[sel] = sharding.gather(p)[: len(sel)]
         return out
 
     def predict_samples(self, rows: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -140,8 +147,9 @@ class Trainer:
         out = np.empty((n, len(rows), len(self.data.pool)), np.float32)
         for s in range(0, len(rows), 4096):
             sel = np.arange(s, min(s + 4096, len(rows)))
-            batch = sharding.shard_batch(self._query(rows[sel]), self.mesh)
-            out[:, sel] = np.asarray(step.predict_samples(self.graphdef, self.state, batch, keys))[:, : len(sel)]
+            query, n = self._query(rows[sel])
+            p = step.predict_samples(self.graphdef, self.state, sharding.shard_batch(query, self.mesh, n), keys)
+            out[:, sel] = sharding.gather(p)[:, : len(sel)]
         return out
 
 

@@ -1,0 +1,78 @@
+"""A job as N processes gives the result of one (issue 11, part 1): the tiny train job as 2
+processes x 4 fake CPU devices (launch/local_multiprocess.sh, jax.distributed over
+localhost), against 1 process over the same 8-device mesh (this pytest process)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import tiny
+from leeroo_jax.jobs import train
+from leeroo_jax.jobs.runs import load_run
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """(the 2-process run directory, the 1-process one)."""
+    root = tmp_path_factory.mktemp("mp")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PORT"] = "12392"
+    proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", sys.executable, "-m", "leeroo_jax.train",
+                           "--config=configs/tiny.py", f"--config.output_root={root / 'two'}"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = tiny.get_config()
+    cfg.output_root = str(root / "one")
+    train.run(cfg)
+    return root / "two" / "tiny", root / "one" / "tiny"
+
+
+def _close(a, b, path=""):
+    """Every number of two JSON trees within 1e-6, everything else equal."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            _close(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, abs=1e-6), path
+    else:
+        assert a == b, path
+
+
+def test_reports_policy_and_routes_are_the_one_process_ones(runs):
+    two, one = runs
+    for name in ("report.json", "policy.json", "calibration.json"):
+        _close(json.loads((one / name).read_text()), json.loads((two / name).read_text()), name)
+    assert (two / "routes.jsonl").read_text() == (one / "routes.jsonl").read_text()
+
+
+def test_each_output_is_written_once_and_the_store_by_one_process(runs):
+    two, one = runs
+    def files(d):  # Orbax writes per-process metadata into ckpt/ by design; tb/ names files by host
+        return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and not {"tb", "ckpt"} & set(p.parts))
+
+    assert files(two) == files(one)  # no stray temp files, no second store beside the first
+    steps = lambda d: sorted(p.name for p in (d / "ckpt").iterdir() if p.name.isdigit())  # noqa: E731
+    assert steps(two) == steps(one) == ["10", "20"]
+    assert (two / "metrics.jsonl").read_text().count("\n") == (one / "metrics.jsonl").read_text().count("\n")
+
+
+def test_a_checkpoint_saved_by_2_processes_restores_in_1_to_the_same_parameters(runs):
+    two, one = runs
+    a, b = (nnx.to_pure_dict(load_run(d).trainer.state[0]) for d in (two, one))
+    flat_a, flat_b = (dict(nnx.traversals.flatten_mapping(x)) for x in (a, b))
+    assert flat_a.keys() == flat_b.keys() and len(flat_a) > 5
+    for k in flat_a:
+        np.testing.assert_allclose(np.asarray(flat_a[k]), np.asarray(flat_b[k]), rtol=0, atol=1e-6, err_msg=str(k))
