@@ -60,8 +60,10 @@ def test_reports_policy_and_routes_are_the_one_process_ones(runs):
 
 def test_each_output_is_written_once_and_the_store_by_one_process(runs):
     two, one = runs
-    def files(d):  # Orbax writes per-process metadata into ckpt/ by design; tb/ names files by host
+    def files(d):  # Orbax writes per-process metadata into ckpt/ by design; tb/ names its file by time and pid
         return sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and not {"tb", "ckpt"} & set(p.parts))
+
+    assert len(list((two / "tb").iterdir())) == len(list((one / "tb").iterdir())) == 1  # one TensorBoard writer
 
     assert files(two) == files(one)  # no stray temp files, no second store beside the first
     steps = lambda d: sorted(p.name for p in (d / "ckpt").iterdir() if p.name.isdigit())  # noqa: E731
