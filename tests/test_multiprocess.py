@@ -78,3 +78,24 @@ def test_a_checkpoint_saved_by_2_processes_restores_in_1_to_the_same_parameters(
     assert flat_a.keys() == flat_b.keys() and len(flat_a) > 5
     for k in flat_a:
         np.testing.assert_allclose(np.asarray(flat_a[k]), np.asarray(flat_b[k]), rtol=0, atol=1e-6, err_msg=str(k))
+
+
+def test_route_as_2_processes_from_a_1_process_checkpoint_matches_1_process(runs, tmp_path):
+    """The route job restores the 1-process run's checkpoint in 2 processes (each scoring its
+    rows of every batch) and writes the choices the job writes in this one process."""
+    from leeroo_jax.jobs.route import run_route
+
+    _, one = runs
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PORT"] = "12393"
+    proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", sys.executable, "-m", "leeroo_jax.score",
+                           "--config=configs/tiny.py", "--config.job=route", f"--config.checkpoint={one}",
+                           f"--config.route.output={tmp_path / 'two'}"],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = tiny.get_config()
+    cfg.job, cfg.checkpoint, cfg.route.output = "route", str(one), str(tmp_path / "one")
+    summary = run_route(cfg)
+    assert summary["n_questions"] == 1912
+    assert (tmp_path / "two" / "choices.jsonl").read_text() == (tmp_path / "one" / "choices.jsonl").read_text()
+    _close(summary, json.loads((tmp_path / "two" / "summary.json").read_text()) | {"checkpoint": summary["checkpoint"]})

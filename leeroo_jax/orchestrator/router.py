@@ -46,14 +46,15 @@ def route_texts(model: Orchestrator, bb: Backbone, texts: list[str], side: np.nd
     p, choice = np.empty(cost.shape, np.float32), np.empty(len(texts), np.int32)
     batch_size = -(-batch_size // n_data) * n_data  # splits over the data axes
     order = np.argsort(table.lengths, kind="stable")
+    mine = sharding.local_rows(batch_size, mesh)  # this process's rows of every batch (all of them in one)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        tokens, attn = table.pack(idx, batch_size)  # fixed batch: one program per length bucket
-        pad = lambda x: np.concatenate([x, np.repeat(x[-1:], batch_size - len(idx), 0)])  # noqa: E731
-        batch = sharding.shard_batch((tokens, attn, pad(side[idx]), pad(cost[idx])), mesh)  # tables stay replicated
+        rows = np.concatenate([idx, np.full(batch_size - len(idx), idx[-1])])[mine]  # padded by the last row
+        tokens, attn = table.pack(rows, length=table.length(idx))  # fixed batch: one program per length bucket
+        batch = sharding.shard_batch((tokens, attn, side[rows], cost[rows]), mesh, batch_size)  # tables replicated
         with jax.set_mesh(mesh):
             pb, sel = score(graphdef, state, *batch, avail, per_query, cal)
-        p[idx], choice[idx] = np.asarray(pb)[: len(idx)], np.asarray(sel.choice)[: len(idx)]
+        p[idx], choice[idx] = sharding.gather(pb)[: len(idx)], sharding.gather(sel.choice)[: len(idx)]
     if budget.mode == "batch_budget":
         choice = np.asarray(select.select(jnp.asarray(p), jnp.asarray(cost), avail, budget).choice)
     return p, choice
