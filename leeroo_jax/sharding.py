@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from leeroo_jax.errors import ConfigError
@@ -109,7 +110,10 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mes
         kept, size = [], 1
         for axis in _RULES[name]:
             n = mesh.shape[axis]
-            if axis in used or n == 1 or dim % (size * n):
+            if axis in used or n == 1:
+                continue
+            if dim % (size * n):
+                _dropped(name, dim, axis, size * n)
                 continue
             kept.append(axis)
             size *= n
@@ -118,6 +122,19 @@ def logical_to_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mes
     while spec and spec[-1] is None:
         spec.pop()
     return P(*spec)
+
+
+_DROPPED: set[tuple[str, int, str]] = set()
+
+
+def _dropped(name: str, dim: int, axis: str, split: int) -> None:
+    """Log, once per (logical axis, size, mesh axis), a rule dropped because the size does not
+    divide: that dimension is then replicated over the mesh axis, which costs memory silently."""
+    if (name, dim, axis) in _DROPPED:
+        return
+    _DROPPED.add((name, dim, axis))
+    logging.warning("sharding: logical axis %r of size %d is not split over mesh axis %r (%d does not divide it); "
+                    "it stays replicated there", name, dim, axis, split)
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

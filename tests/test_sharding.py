@@ -72,6 +72,19 @@ def test_rules_skip_axes_that_do_not_divide(mesh222):
     assert sharding.logical_to_spec(("batch", "length"), (6, 5), mesh222) == P("data")
 
 
+def test_a_dropped_rule_is_logged_once(mesh222, caplog):
+    """Not silently replicated: the first time a size does not divide its mesh axis, one warning."""
+    import logging
+
+    sharding._DROPPED.clear()
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            sharding.logical_to_spec(("embed", "kv_heads", "head_dim"), (576, 3, 64), mesh222)
+    said = [r.getMessage() for r in caplog.records if "kv_heads" in r.getMessage()]
+    assert said == ["sharding: logical axis 'kv_heads' of size 3 is not split over mesh axis 'tensor' (2 does not "
+                    "divide it); it stays replicated there"]
+
+
 def test_golden_partition_specs(tiny_llama, mesh222):
     ours = load(tiny_llama, mesh222)
     specs = {".".join(map(str, path)): s.spec
