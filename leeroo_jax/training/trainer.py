@@ -103,16 +103,17 @@ class Trainer:
             soft = np.nan_to_num(data.soft, nan=-1.0)
             self.target = np.where(soft >= 0, (1 - t.soft_weight) * self.target + t.soft_weight * soft, self.target)
 
-    def _query(self, rows: np.ndarray) -> tuple[dict, int]:
+    def _query(self, rows: np.ndarray) -> tuple[dict, int, np.ndarray]:
         """(this process's share of the query part of a global batch over `rows`, padded to a
-        multiple of the data axes by repeating the last row; the global row count)."""
+        multiple of the data axes by repeating the last row; the global row count; the rows
+        of that share)."""
         n = -(-len(rows) // self.n_data) * self.n_data
         padded = np.concatenate([rows, np.full(n - len(rows), rows[-1])])
         mine = padded[sharding.local_rows(n, self.mesh)]
         if self.tokens is None:
-            return {"q": self.vecs[mine], "side": self.side[mine]}, n
+            return {"q": self.vecs[mine], "side": self.side[mine]}, n, mine
         tokens, attn = self.tokens.pack(mine, length=self.tokens.length(rows))  # one T for every process
-        return {"tokens": tokens, "attn": attn, "side": self.side[mine]}, n
+        return {"tokens": tokens, "attn": attn, "side": self.side[mine]}, n, mine
 
     def batch(self, s: int) -> dict:
         """Step s's global batch (the same rows in every process, from the seed and s alone),
@@ -122,8 +123,7 @@ class Trainer:
             idx = batches.uniform_rows(self.train_rows, t.batch_size, t.seed, s)
         else:
             idx = batches.length_grouped_rows(self.train_by_length, t.batch_size, t.seed, s)
-        query, n = self._query(idx)
-        mine = idx[sharding.local_rows(n, self.mesh)]
+        query, n, mine = self._query(idx)  # the batch size splits over the data axes: no padding
         b = {**query, "target": self.target[mine], "mask": self.data.observed[mine].astype(np.float32)}
         return sharding.shard_batch(b, self.mesh, n)
 
@@ -134,7 +134,7 @@ class Trainer:
         out = np.empty((len(rows), len(self.data.pool)), np.float32)
         for s in range(0, len(rows), chunk):
             sel = order[s:s + chunk]
-            query, n = self._query(rows[sel])
+            query, n, _ = self._query(rows[sel])
             p = step.predict(self.graphdef, state or self.state, sharding.shard_batch(query, self.mesh, n))
             out[sel] = sharding.gather(p)[: len(sel)]
         return out
@@ -147,7 +147,7 @@ class Trainer:
         out = np.empty((n, len(rows), len(self.data.pool)), np.float32)
         for s in range(0, len(rows), 4096):
             sel = np.arange(s, min(s + 4096, len(rows)))
-            query, n = self._query(rows[sel])
+            query, n, _ = self._query(rows[sel])
             p = step.predict_samples(self.graphdef, self.state, sharding.shard_batch(query, self.mesh, n), keys)
             out[:, sel] = sharding.gather(p)[:, : len(sel)]
         return out
