@@ -18,6 +18,12 @@ def get_config():
     # weights over fsdp (embed dims) and tensor (heads, mlp) by sharding.LOGICAL_AXIS_RULES.
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
+    # Multi-host: a process that stops sending heartbeats for heartbeat_timeout_s (killed,
+    # preempted, its host gone) makes every other process abort (non-zero exit) instead of
+    # waiting in a collective forever; rerun the command to resume from the last checkpoint.
+    # shutdown_timeout_s bounds the wait for the others at a normal exit.
+    c.distributed = ml_collections.ConfigDict(dict(heartbeat_timeout_s=100, shutdown_timeout_s=300))
+
     c.data = ml_collections.ConfigDict()
     c.data.source = "vendored"  # "vendored", a .jsonl(.gz) file, a Berkeley CSV dir, or "cais/mmlu"
     c.data.outcomes = "vendored"  # graded outcomes CSV; "vendored" = leeroo_jax/data/assets/outcomes.csv.gz
@@ -118,6 +124,7 @@ def get_config():
     c.train.eval_every = 50
     c.train.keep = 2  # checkpoints kept besides the best by VAL AIQ
     c.train.fault_at_step = 0  # tests only: SIGKILL the process right after this step (0 = never)
+    c.train.fault_process = -1  # tests only: which process fault_at_step kills (-1 = every process)
     return c
 
 

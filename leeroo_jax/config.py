@@ -123,7 +123,8 @@ def absl_run(config_flag, check_fn, job_fn) -> None:
     def run() -> None:
         cfg = config_flag.value
         check_fn(cfg)
-        distributed.initialize()
+        dist = cfg.get("distributed") or {}
+        distributed.initialize(dist.get("heartbeat_timeout_s", 100), dist.get("shutdown_timeout_s", 300))
         compile_cache.enable()
         job_fn(cfg)
 

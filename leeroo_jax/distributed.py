@@ -23,18 +23,25 @@ def _multi_host_env() -> bool:
     return any(os.environ.get(k) for k in keys)
 
 
-def initialize() -> None:
-    """jax.distributed.initialize() when launched on several hosts; nothing otherwise."""
+def initialize(heartbeat_timeout_s: int = 100, shutdown_timeout_s: int = 300) -> None:
+    """jax.distributed.initialize() when launched on several hosts; nothing otherwise.
+
+    A process whose heartbeats stop for heartbeat_timeout_s is declared dead by the
+    coordination service, and every other process then aborts (non-zero exit) rather than
+    block in its next collective or barrier: a lost host ends the job in bounded time.
+    """
     if not _multi_host_env() or jax.distributed.is_initialized():
         return
+    timeouts = dict(heartbeat_timeout_seconds=int(heartbeat_timeout_s), shutdown_timeout_seconds=int(shutdown_timeout_s))
     if os.environ.get("JAX_NUM_PROCESSES"):  # explicit (launch/local_multiprocess.sh, bare clusters)
         jax.distributed.initialize(
             coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
             process_id=int(os.environ["JAX_PROCESS_ID"]),
+            **timeouts,
         )
     else:  # TPU pods, Slurm, Open MPI: jax detects the cluster itself
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
 
 
 def is_main_process() -> bool:

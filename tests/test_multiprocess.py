@@ -5,8 +5,10 @@ localhost), against 1 process over the same 8-device mesh (this pytest process).
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -99,3 +101,55 @@ def test_route_as_2_processes_from_a_1_process_checkpoint_matches_1_process(runs
     assert summary["n_questions"] == 1912
     assert (tmp_path / "two" / "choices.jsonl").read_text() == (tmp_path / "one" / "choices.jsonl").read_text()
     _close(summary, json.loads((tmp_path / "two" / "summary.json").read_text()) | {"checkpoint": summary["checkpoint"]})
+
+
+HEARTBEAT_S = 10
+
+
+@pytest.fixture(scope="module")
+def killed(runs, tmp_path_factory):
+    """Process 1 of a 2-process tiny run SIGKILLs itself after step 15 (checkpoint 10 committed):
+    (process 0's seconds from process 1's death to its own exit, its exit code, the run dir)."""
+    root = tmp_path_factory.mktemp("fault")
+    cmd = [sys.executable, "-m", "leeroo_jax.train", "--config=configs/tiny.py", f"--config.output_root={root}",
+           f"--config.distributed.heartbeat_timeout_s={HEARTBEAT_S}"]
+    base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = []
+    for i in range(2):  # what launch/local_multiprocess.sh does, with a handle on each process
+        env = base | {"JAX_COORDINATOR_ADDRESS": "127.0.0.1:12394", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i),
+                      "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+        procs.append(subprocess.Popen([*cmd, "--config.train.fault_at_step=15", "--config.train.fault_process=1"],
+                                      env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    try:
+        procs[1].wait(timeout=300)
+        died = time.monotonic()
+        procs[0].wait(timeout=HEARTBEAT_S + 120)
+        waited = time.monotonic() - died
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[1].returncode == -signal.SIGKILL
+    err = procs[0].stderr.read()
+    return waited, procs[0].returncode, root / "tiny", cmd, err
+
+
+def test_killing_one_process_ends_the_other_within_the_heartbeat_timeout(killed):
+    waited, code, _, _, err = killed
+    assert code != 0, err[-2000:]
+    assert waited < HEARTBEAT_S + 30, waited  # no hang: the coordination service declares process 1 dead
+    assert "heartbeat" in err, err[-2000:]  # ...and says why
+
+
+def test_rerunning_after_the_kill_resumes_to_the_uninterrupted_parameters(runs, killed):
+    _, one = runs
+    _, _, run, cmd, _ = killed
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PORT": "12395"}
+    proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", *cmd], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("resumed from step 10") == 2  # both processes, from the last committed checkpoint
+    _close(json.loads((one / "report.json").read_text()), json.loads((run / "report.json").read_text()), "report")
+    a, b = (dict(nnx.traversals.flatten_mapping(nnx.to_pure_dict(load_run(d).trainer.state[0]))) for d in (run, one))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=0, atol=1e-6, err_msg=str(k))

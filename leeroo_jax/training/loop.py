@@ -119,5 +119,8 @@ def _train(cfg, trainer: Trainer, ckpt: Checkpointer, out: pathlib.Path, start: 
                 writer.write(done, val)
                 ckpt.save(done, nnx.to_pure_dict(trainer.state), {"step": done, "seed": t.seed, "config": identity(cfg)},
                           metrics=val)
-            if done == t.fault_at_step:  # fault injection for the resume test: die like a preempted VM
+            if done == t.fault_at_step and t.fault_process in (-1, jax.process_index()):  # fault injection for
+                # the resume tests: die like a preempted VM (one host of a pod with fault_process), after the
+                # checkpoints saved so far are committed, so the step a rerun resumes from is known
+                ckpt.wait()
                 os.kill(os.getpid(), signal.SIGKILL)
