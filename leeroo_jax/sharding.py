@@ -186,6 +186,24 @@ def shard_batch(batch: Any, mesh: Mesh, global_rows: int | None = None) -> Any:
     return jax.tree.map(one, batch, shardings)
 
 
+def shard_global(batch: Any, mesh: Mesh) -> Any:
+    """`shard_batch` for a global batch that every process holds whole (small host-side token
+    arrays built by the same deterministic plan everywhere): each process feeds only its rows."""
+    if jax.process_count() == 1:
+        return shard_batch(batch, mesh)
+    n = len(jax.tree.leaves(batch)[0])
+    rows = local_rows(n, mesh)
+    return shard_batch(jax.tree.map(lambda x: np.asarray(x)[rows], batch), mesh, n)
+
+
+def replicated(x: Any, mesh: Mesh) -> Any:
+    """A host array (the same in every process) as a global array replicated on every device
+    of the mesh; one process: as is (jit places it)."""
+    if jax.process_count() == 1:
+        return x
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(NamedSharding(mesh, P()), np.asarray(a)), x)
+
+
 def gather(x: jax.Array) -> np.ndarray:
     """A global array as NumPy on every process (an all-gather across processes when it spans
     devices of other processes; `np.asarray` would fail there)."""

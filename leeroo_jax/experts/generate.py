@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from leeroo_jax import sharding
 from leeroo_jax.models.decoder import Decoder, KVCache
 
 
@@ -61,12 +62,17 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0, multiple: int 
 
 
 def greedy_generate(
-    model: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int] = ()
+    model: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int] = (), mesh=None
 ) -> list[list[int]]:
-    """Greedy continuation of each prompt (token ids); stops a row at its first EOS (kept)."""
+    """Greedy continuation of each prompt (token ids); stops a row at its first EOS (kept).
+    mesh: the model's; the prompt rows split over its data axes (every process passes the same
+    prompts, feeds its rows, and gets every row back)."""
     tokens, mask = left_pad(prompts)
+    if mesh is not None:
+        tokens, mask = sharding.shard_global((tokens, mask), mesh)
     graphdef, state = nnx.split(model)
-    out = np.asarray(_generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), max_new_tokens, tuple(eos_ids)))
+    out = sharding.gather(_generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), max_new_tokens,
+                                    tuple(eos_ids)))
     return [[int(x) for x in row if x >= 0] for row in out]
 
 

@@ -94,7 +94,7 @@ class LiveExpert:
         self.kind, self.shots = parse_recipe(expert.recipe, expert.name)
         self.batch, self.max_tokens, self.step, self.prefix_step = batch, max_tokens, step, prefix_step
         self.max_new_tokens = max_new_tokens
-        self.letter_ids = jnp.asarray(mcq.letter_token_ids(tokenizer))  # [10]
+        self.letter_ids = sharding.replicated(mcq.letter_token_ids(tokenizer), mesh)  # [10]
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.row_multiple = mesh.shape["data"] * mesh.shape["fsdp"]  # batch rows split over these axes
         self._prefix_ids: dict[str, list[int]] = {}
@@ -165,7 +165,7 @@ class LiveExpert:
 
     def _batches(self, ids) -> Iterable[tuple[list[int], jax.Array]]:
         for b, t, rows in plan_batches([len(s) for s in ids], self.batch, self.step, self.max_tokens):
-            x, m = sharding.shard_batch(self._padded([ids[i] for i in rows], b, t), self.mesh)
+            x, m = sharding.shard_global(self._padded([ids[i] for i in rows], b, t), self.mesh)
             yield rows, mcq.letter_logprobs(self.model, x, m, self.letter_ids)  # dispatched, not awaited
 
     def _cached_batches(self, questions, ids) -> Iterable[tuple[list[int], jax.Array]]:
@@ -173,10 +173,11 @@ class LiveExpert:
         for i, q in enumerate(questions):
             groups.setdefault(tuple(ids[i][: self._prefix_len(q, ids[i])]), []).append(i)
         for prefix, members in groups.items():
-            cache, n = mcq.prefill(self.model, prefix, bucket_length(len(prefix), self.prefix_step), self.pad_id)
+            cache, n = mcq.prefill(self.model, prefix, bucket_length(len(prefix), self.prefix_step), self.pad_id,
+                                   self.mesh)
             suffix = [ids[i][n:] for i in members]
             for b, t, rows in plan_batches([len(s) for s in suffix], self.batch, self.step, self.max_tokens):
-                x, m = sharding.shard_batch(self._padded([suffix[r] for r in rows], b, t), self.mesh)
+                x, m = sharding.shard_global(self._padded([suffix[r] for r in rows], b, t), self.mesh)
                 yield [members[r] for r in rows], mcq.letter_logprobs_cached(self.model, cache, n, x, m, self.letter_ids)
 
     def _pipelined(self, questions, ids, work) -> Iterator[Answers]:
@@ -198,7 +199,7 @@ class LiveExpert:
             yield ans
 
     def _letters(self, questions, ids, rows, logp, seconds) -> Answers:
-        logp = np.asarray(logp)[: len(rows)]  # [n, 10]; blocks until the batch is done
+        logp = sharding.gather(logp)[: len(rows)]  # [n, 10]; blocks until the batch is done
         n_opt = np.array([len(questions[i].choices) for i in rows])
         valid = np.arange(N_LETTERS)[None, :] < n_opt[:, None]  # only the question's own letters
         z = np.where(valid, logp, -np.inf)
@@ -215,7 +216,7 @@ class LiveExpert:
             prompts = [ids[i] for i in rows]
             prompts += [prompts[-1]] * (-(-max(b, len(rows)) // self.row_multiple) * self.row_multiple - len(prompts))
             with jax.set_mesh(self.mesh):
-                outs = generate.greedy_generate(self.model, prompts, max_new_tokens, eos)[: len(rows)]
+                outs = generate.greedy_generate(self.model, prompts, max_new_tokens, eos, self.mesh)[: len(rows)]
             yield rows, outs, time.perf_counter() - t0
 
     def continue_texts(self, texts: Sequence[str], max_new_tokens: int) -> list[str]:

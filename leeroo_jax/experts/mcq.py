@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from leeroo_jax import sharding
 from leeroo_jax.data.mmlu import LETTERS
 from leeroo_jax.models import layers
 from leeroo_jax.models.decoder import Decoder, KVCache
@@ -60,13 +61,16 @@ def _prefill(graphdef, state, tokens_1p, mask_1p) -> KVCache:
     return model(tokens_1p, mask_1p, cache=cache, compute_logits=False).cache
 
 
-def prefill(model: Decoder, prefix_ids, pad_to: int, pad_id: int = 0) -> tuple[KVCache, int]:
-    """The KV cache [L, 1, pad_to, K, d] of one right-padded prefix, and its real length."""
+def prefill(model: Decoder, prefix_ids, pad_to: int, pad_id: int = 0, mesh=None) -> tuple[KVCache, int]:
+    """The KV cache [L, 1, pad_to, K, d] of one right-padded prefix, and its real length
+    (mesh: the model's, on which the one-row prompt is replicated in every process)."""
     n = len(prefix_ids)
     tokens = np.full((1, pad_to), pad_id, np.int32)
     mask = np.zeros((1, pad_to), np.int32)
     tokens[0, :n], mask[0, :n] = prefix_ids, 1
     graphdef, state = nnx.split(model)
+    if mesh is not None:
+        tokens, mask = sharding.replicated((tokens, mask), mesh)
     return _prefill(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask)), n
 
 

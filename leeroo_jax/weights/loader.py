@@ -141,7 +141,8 @@ def load(
     model_type = getattr(hf_cfg, "model_type", None)
     has_pooler = any(re.fullmatch(keymaps.POOLER_KEY, k) for k in tensors)
     cfg = hf.model_config(hf_cfg, has_pooler=has_pooler)  # unknown model_type -> WeightsError
-    mesh = mesh if mesh is not None else sharding.make_mesh(sharding.MeshConfig(), devices=jax.devices()[:1])
+    # no mesh: this process's first device (jax.devices()[0] belongs to process 0 alone)
+    mesh = mesh if mesh is not None else sharding.make_mesh(sharding.MeshConfig(), devices=jax.local_devices()[:1])
     param_dtype = jnp.dtype(param_dtype or dtype)
     cls = Decoder if isinstance(cfg, hf.DecoderConfig) else Encoder
 
