@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from leeroo_jax import distributed, fileio
+from leeroo_jax import distributed, fileio, sharding
 from leeroo_jax.data.dataset import Dataset, restrict_to_probes
 from leeroo_jax.errors import ConfigError
 from leeroo_jax.eval import evaluate
@@ -142,20 +142,23 @@ def run(cfg) -> dict:
     ids = {q.id: i for i, q in enumerate(known.questions)}
     names = list(known.pool.names)
     head_state = nnx.to_pure_dict(trainer.state[0])["head"]
-    u_old = np.asarray(head_state["experts"])[:e_old]
-    experts, bias = np.asarray(head_state["experts"]).copy(), np.asarray(head_state["bias"]).copy()
+    u_old = sharding.gather(head_state["experts"])[:e_old]
+    experts, bias = sharding.gather(head_state["experts"]).copy(), sharding.gather(head_state["bias"]).copy()
+    side_w = sharding.gather(head_state["side_w"])
     for name in new_names:
         rows = np.array([ids[q] for q in probes[name]])
         e = names.index(name)
-        batch = jax.device_put(trainer._query(rows)[0])
-        h, side_logit = _features(trainer.graphdef, trainer.state, batch)
+        query, n_global, _ = trainer._query(rows)  # this process's share of the probes' batch
+        h, side_logit = _features(trainer.graphdef, trainer.state, sharding.shard_batch(query, trainer.mesh, n_global))
         n = len(rows)
-        sl = side_logit[:n, e] if side_logit is not None else jnp.zeros((n, 1))
-        u, b = fit_row(h[0, :n], sl, jnp.asarray(head_state["side_w"])[: sl.shape[-1]],
-                       jnp.asarray(full.outcome[rows, e], jnp.float32), jnp.asarray(u_old.mean(0)),
-                       float(cfg.add_expert.l2))
+        h = sharding.gather(h)[0, :n]  # [K, H] on every process: the row fit below is tiny, run it everywhere
+        sl = sharding.gather(side_logit)[:n, e] if side_logit is not None else np.zeros((n, 1), np.float32)
+        u, b = fit_row(h, sl, side_w[: sl.shape[-1]], jnp.asarray(full.outcome[rows, e], jnp.float32),
+                       jnp.asarray(u_old.mean(0)), float(cfg.add_expert.l2))
         experts[e], bias[e] = np.asarray(u), float(b)
-    nnx.replace_by_pure_dict(trainer.state[0], {"head": {"experts": experts, "bias": bias}})
+    grown = {"experts": experts, "bias": bias}  # back onto the parameters' own (global) shardings
+    nnx.replace_by_pure_dict(trainer.state[0], {"head": {k: jax.device_put(v, head_state[k].sharding)
+                                                         for k, v in grown.items()}})
 
     val = evaluate.val_hook(known, new_cfg.eval.weak, trainer.predict)()  # the probes are all it knows
     common.write_config(new_cfg, out)
