@@ -49,3 +49,22 @@ def real_slice(root: pathlib.Path, per_split: dict[str, int]) -> tuple[list[str]
     return full, _write_slice(root / "train_only", train_only, rows, header)
 
 
+
+
+def assert_close_trees(a, b, atol: float = 1e-6, path: str = "") -> None:
+    """Every number of two JSON trees within atol, everything else equal (a job's report as N
+    processes against 1)."""
+    import pytest
+
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            assert_close_trees(a[k], b[k], atol, f"{path}/{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_close_trees(x, y, atol, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, abs=atol), path
+    else:
+        assert a == b, path

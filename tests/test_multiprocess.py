@@ -17,6 +17,7 @@ from flax import nnx
 from configs import tiny
 from leeroo_jax.jobs import train
 from leeroo_jax.jobs.runs import load_run
+from slices import assert_close_trees
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -37,20 +38,7 @@ def runs(tmp_path_factory):
     return root / "two" / "tiny", root / "one" / "tiny"
 
 
-def _close(a, b, path=""):
-    """Every number of two JSON trees within 1e-6, everything else equal."""
-    if isinstance(a, dict):
-        assert set(a) == set(b), path
-        for k in a:
-            _close(a[k], b[k], f"{path}/{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b)):
-            _close(x, y, f"{path}[{i}]")
-    elif isinstance(a, float):
-        assert b == pytest.approx(a, abs=1e-6), path
-    else:
-        assert a == b, path
+_close = assert_close_trees
 
 
 def test_reports_policy_and_routes_are_the_one_process_ones(runs):

@@ -1,0 +1,79 @@
+"""The other jobs as N processes give the result of one (issue 11, part 1): baselines,
+add_expert and MiniLM last_k fine-tuning, each as 2 processes x 4 fake CPU devices
+(launch/local_multiprocess.sh) against 1 process over the same 8-device mesh (this one), on
+a slice of the real data so each stays well under a minute. (train in frozen mode, route and
+the fault test: test_multiprocess.py; the live-experts job: tests/experts/test_experts_job.py.)"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from configs import tiny
+from leeroo_jax.jobs import add_expert, baselines, train
+from slices import assert_close_trees, real_slice
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PER_SPLIT = {"train": 64, "val": 16, "test": 16}
+
+
+def _two(port: int, *args) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PORT": str(port)}
+    proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", sys.executable, "-m", *args],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _cfg(variant: str, root: pathlib.Path, data: list[str], **train_kw):
+    cfg = tiny.get_config(variant)
+    cfg.output_root = str(root)
+    for arg in data:
+        key, value = arg.removeprefix("--config.data.").split("=", 1)
+        cfg.data[key] = value
+    cfg.train.update(train_kw)
+    return cfg
+
+
+def _report(d: pathlib.Path) -> dict:
+    return json.loads((d / "report.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return real_slice(tmp_path_factory.mktemp("slice"), PER_SPLIT)[0]
+
+
+def test_baselines(tmp_path, data):
+    _two(12397, "leeroo_jax.score", "--config=configs/tiny.py", "--config.job=baselines",
+         f"--config.output_root={tmp_path / 'two'}", *data)
+    baselines.run(_cfg("", tmp_path / "one", data))
+    assert_close_trees(_report(tmp_path / "one" / "tiny"), _report(tmp_path / "two" / "tiny"))
+
+
+def test_add_expert_restores_a_1_process_run_and_grows_it_as_2(tmp_path, data):
+    base = _cfg("holdout", tmp_path, data, batch_size=16)
+    train.run(base)
+    checkpoint = tmp_path / base.run_name
+    _two(12398, "leeroo_jax.score", "--config=configs/tiny.py", "--config.job=add_expert", *data,
+         f"--config.checkpoint={checkpoint}", "--config.add_expert.run_name=two", "--config.add_expert.probes=30")
+    cfg = _cfg("", tmp_path, data)
+    cfg.job, cfg.checkpoint = "add_expert", str(checkpoint)
+    cfg.add_expert.run_name, cfg.add_expert.probes = "one", 30
+    add_expert.run(cfg)
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert json.loads((one / "probes.json").read_text()) == json.loads((two / "probes.json").read_text())
+    assert_close_trees(_report(one), _report(two))
+
+
+def test_last_k_fine_tuning(tmp_path, data, minilm_path):
+    steps = ["--config.train.mode=last_k", "--config.train.last_k=1", "--config.train.steps=4",
+             "--config.train.eval_every=2", "--config.train.batch_size=16"]
+    _two(12399, "leeroo_jax.train", "--config=configs/tiny.py", f"--config.output_root={tmp_path / 'two'}", *data, *steps)
+    train.run(_cfg("", tmp_path / "one", data, mode="last_k", last_k=1, steps=4, eval_every=2, batch_size=16))
+    for name in ("report.json", "policy.json", "calibration.json"):
+        assert_close_trees(json.loads((tmp_path / "one" / "tiny" / name).read_text()),
+                           json.loads((tmp_path / "two" / "tiny" / name).read_text()))
+    assert (tmp_path / "two" / "tiny" / "routes.jsonl").read_text() == (tmp_path / "one" / "tiny" / "routes.jsonl").read_text()
