@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test run demo bench clean
+.PHONY: setup test run demo bench plan clean
 
 setup: $(STAMP)
 	@$(PY) -m leeroo_jax.weights.assets
@@ -26,6 +26,9 @@ run: setup
 
 demo: setup
 	$(PY) -m leeroo_jax.demo
+
+plan: setup  # per-device memory and step time of the v5e-64 example (config.json shapes, no weights)
+	$(PY) -m leeroo_jax.plan --config=configs/plan_v5e64.py
 
 bench: setup
 	@for b in bench/encode.py bench/decode.py bench/select_kernel.py bench/train_step.py; do echo "== $$b"; $(PY) $$b || exit 1; done

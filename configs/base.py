@@ -24,6 +24,11 @@ def get_config():
     # shutdown_timeout_s bounds the wait for the others at a normal exit.
     c.distributed = ml_collections.ConfigDict(dict(heartbeat_timeout_s=100, shutdown_timeout_s=300))
 
+    # python -m leeroo_jax.plan: the target a memory/time plan is for (leeroo_jax/planning/spec.py:
+    # chip presets; 0 / "" = the chip's or the run's own value)
+    c.plan = ml_collections.ConfigDict(dict(chip="v5e", devices=0, mfu=0.4, hbm_gib=0.0, peak_tflops=0.0, kv_batch=0,
+                                            kv_len=2048, compute_dtype="", param_dtype="", compile=True))
+
     c.data = ml_collections.ConfigDict()
     c.data.source = "vendored"  # "vendored", a .jsonl(.gz) file, a Berkeley CSV dir, or "cais/mmlu"
     c.data.outcomes = "vendored"  # graded outcomes CSV; "vendored" = leeroo_jax/data/assets/outcomes.csv.gz

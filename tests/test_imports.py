@@ -11,7 +11,8 @@ ROOT = pathlib.Path(leeroo_jax.__file__).parent
 # Lower rank = lower layer; a module may import its own package or lower ranks only.
 RANK = {"errors": 0, "fileio": 0, "distributed": 0, "sharding": 0, "data": 1, "models": 2, "weights": 3,
         "compile_cache": 4, "experts": 4, "orchestrator": 5, "training": 6, "eval": 7, "jobs": 8, "config": 9,
-        "train": 10, "score": 10, "demo": 10, "selfplay": 10}
+        "train": 10, "score": 10, "demo": 10, "selfplay": 10,
+        "planning": 8, "plan": 10}
 # Lazy imports of an optional dependency's wrapper inside the same package (not a cycle dodge).
 ALLOWED_LOCAL = {("weights/assets.py", "leeroo_jax.weights.gguf")}
 

@@ -54,6 +54,18 @@ def anchor_index(cfg) -> int:
                       f"side_prior={bool(cfg.train.side_prior)}); use '', prior or knn<k> with k in side_knn")
 
 
+def optim_config(cfg, num_layers: int) -> optim.OptimConfig:
+    """The optimizer of cfg.train for a backbone of num_layers layers (0: frozen mode, head only);
+    the memory planner (planning/shapes.py) builds the same one abstractly."""
+    t = cfg.train
+    trainable = min(t.last_k, num_layers) if t.mode == "last_k" else None
+    acc = t.accumulate
+    return optim.OptimConfig(
+        lr=t.lr, warmup_steps=t.warmup_steps // acc, total_steps=t.steps // acc, weight_decay=t.weight_decay,
+        clip_norm=t.clip_norm, backbone_lr_scale=t.backbone_lr_scale, layer_decay=t.layer_decay,
+        num_layers=num_layers if t.mode != "frozen" else 0, trainable_layers=trainable, accumulate=acc)
+
+
 def make_mesh(cfg) -> jax.sharding.Mesh:
     return sharding.make_mesh(sharding.MeshConfig(**cfg.mesh.to_dict()))
 
@@ -76,7 +88,7 @@ class Trainer:
                               "data-parallel devices; use a multiple of it")
         head = Head(HeadConfig(vecs.shape[1], len(data.pool), side.shape[-1], t.hidden, t.dropout, anchor_index(cfg),
                                members=int(t.get("ensemble", 1))), rngs=nnx.Rngs(t.seed))
-        num_layers, trainable = 0, None
+        num_layers = 0
         if t.mode == "frozen":
             model, self.tokens = Orchestrator(head), None
         else:
@@ -88,11 +100,7 @@ class Trainer:
                                  frozen_layers=num_layers - trainable if trainable else 0)
             self.tokens = tokens
             self.train_by_length = tokens.sort_by_length(data.rows("train"))
-        acc = t.accumulate
-        self.opt_cfg = optim.OptimConfig(
-            lr=t.lr, warmup_steps=t.warmup_steps // acc, total_steps=t.steps // acc, weight_decay=t.weight_decay,
-            clip_norm=t.clip_norm, backbone_lr_scale=t.backbone_lr_scale, layer_decay=t.layer_decay,
-            num_layers=num_layers, trainable_layers=trainable, accumulate=acc)
+        self.opt_cfg = optim_config(cfg, num_layers)
         opt = nnx.Optimizer(model, optim.make(self.opt_cfg), wrt=nnx.Param)
         self.graphdef, state = nnx.split((model, opt))
         self.state = jax.device_put(state, sharding.state_shardings(state, self.mesh))

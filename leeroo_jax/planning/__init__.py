@@ -1,0 +1,1 @@
+"""The memory and time planner (entry point: leeroo_jax/plan.py)."""
