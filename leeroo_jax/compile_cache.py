@@ -12,10 +12,17 @@ import jax
 
 from leeroo_jax.weights.assets import cache_root
 
+CACHE_MAX_BYTES = 16 * 2**30  # least recently used entries are evicted past it
+
 
 def enable(path: str | None = None) -> str:
     path = path or os.environ.get("LEEROO_COMPILE_CACHE") or str(cache_root() / "jax")
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    # A size bound turns on jax's file lock around every cache read and write (jax/_src/lru_cache.py).
+    # Unbounded, an entry is written in place with no lock, and a process can read one another is
+    # still writing and abort deserializing it: the processes of a multi-process job compile the
+    # same programs at the same moment, and share the cache on one machine or a shared disk.
+    jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
     return path
