@@ -1,5 +1,5 @@
 """The other jobs as N processes give the result of one (issue 11, part 1): baselines,
-add_expert and MiniLM last_k fine-tuning, each as 2 processes x 4 fake CPU devices
+add_expert, MiniLM last_k fine-tuning and self-play, each as 2 processes x 4 fake CPU devices
 (launch/local_multiprocess.sh) against 1 process over the same 8-device mesh (this one), on
 a slice of the real data so each stays well under a minute. (train in frozen mode, route and
 the fault test: test_multiprocess.py; the live-experts job: tests/experts/test_experts_job.py.)"""
@@ -13,7 +13,10 @@ import sys
 import pytest
 
 from configs import tiny
-from leeroo_jax.jobs import add_expert, baselines, train
+import numpy as np
+
+from leeroo_jax.data.records import RecordStore
+from leeroo_jax.jobs import add_expert, baselines, selfplay, train
 from slices import assert_close_trees, real_slice
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -77,3 +80,17 @@ def test_last_k_fine_tuning(tmp_path, data, minilm_path):
         assert_close_trees(json.loads((tmp_path / "one" / "tiny" / name).read_text()),
                            json.loads((tmp_path / "two" / "tiny" / name).read_text()))
     assert (tmp_path / "two" / "tiny" / "routes.jsonl").read_text() == (tmp_path / "one" / "tiny" / "routes.jsonl").read_text()
+
+
+def test_selfplay_rounds_call_record_and_retrain_as_in_one_process(tmp_path, data):
+    """Two rounds of the bank self-play: process 0 commits each round's calls, the other waits
+    for the commit and reopens the store, so both retrain on the same records."""
+    _two(12400, "leeroo_jax.selfplay", "--config=configs/tiny.py:selfplay", f"--config.output_root={tmp_path / 'two'}",
+         *data)
+    selfplay.run(_cfg("selfplay", tmp_path / "one", data))
+    one, two = (tmp_path / d / "tiny_selfplay" for d in ("one", "two"))
+    assert_close_trees(json.loads((one / "rounds.json").read_text()), json.loads((two / "rounds.json").read_text()))
+    a, b = (RecordStore(d / "records").read() for d in (one, two))
+    assert (a["round"] > 0).sum() > 0
+    for k in ("qid", "expert", "round", "outcome", "cost"):
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -78,6 +78,14 @@ def _seed(cfg, full: Dataset, path: pathlib.Path) -> None:
     os.replace(tmp, path)  # the seed appears whole or not at all
 
 
+def _synced(store: RecordStore | None, path: pathlib.Path, name: str) -> RecordStore:
+    """records/ as process 0 has committed it, in every process: the others wait at a barrier
+    for its write, then reopen the store (a store reads its manifest and column shapes at open).
+    Every process therefore trains round r on the same records."""
+    distributed.barrier(name)
+    return store if store is not None and distributed.is_main_process() else RecordStore(path)
+
+
 def _round_cfg(cfg, out: pathlib.Path, r: int):
     c = copy.deepcopy(cfg)
     c.train.steps = cfg.selfplay.steps
@@ -220,7 +228,7 @@ def run(cfg) -> list[dict]:
     if distributed.is_main_process():
         _seed(cfg, oracle, store_dir)
     common.write_config(cfg, out)
-    store = RecordStore(store_dir)
+    store = _synced(None, store_dir, "selfplay_seed")
     caller = _Caller(cfg, oracle)
     n_real = len(oracle.questions) - len(generated)  # generated questions come after the source's
     bank = oracle.rows("train")
@@ -261,6 +269,7 @@ def run(cfg) -> list[dict]:
                 if distributed.is_main_process() and pairs:  # one commit: the round's calls are all in or none
                     store.append([oracle.questions[q].id for q, _ in pairs], [oracle.names[e] for _, e in pairs], outcome,
                                  cost, round=r, source=ROUND_SOURCE, soft=soft, grader=grader)
+                store = _synced(store, store_dir, "selfplay_round")
             if sp.source == "generator" and r > 0:  # also after a resume: the stats were saved with the questions
                 extra["generation"] = json.loads((out / "generation.json").read_text())[str(r)]
             view = _view(oracle, store, r)
