@@ -11,6 +11,7 @@ import os
 from typing import Callable, TypeVar
 
 import jax
+import numpy as np
 
 T = TypeVar("T")
 _BARRIERS = itertools.count()
@@ -67,3 +68,36 @@ def main_first(name: str, fn: Callable[[], T]) -> T:
         return out
     barrier(name)
     return fn()
+
+
+def broadcast_from_main(x: np.ndarray) -> np.ndarray:
+    """Process 0's host array in every process (the same shape and dtype everywhere): one
+    process's view decides where the processes' views could differ (e.g. of a cache on disk)."""
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.broadcast_one_to_all(x))
+
+
+def _shares(n: int) -> list[np.ndarray]:
+    return np.array_split(np.arange(n), jax.process_count())
+
+
+def process_share(n: int) -> np.ndarray:
+    """This process's contiguous share of range(n), for host work split over the processes."""
+    return _shares(n)[jax.process_index()]
+
+
+def allgather_shares(local: np.ndarray, n: int) -> np.ndarray:
+    """[n, ...]: every process's `local` rows (its `process_share(n)`), in order, in every
+    process. The shares are padded to one size for the all-gather and cut back."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    sizes = [len(s) for s in _shares(n)]
+    padded = np.zeros((max(sizes), *local.shape[1:]), local.dtype)
+    padded[: len(local)] = local
+    got = np.asarray(multihost_utils.process_allgather(padded))  # [processes, max share, ...]
+    return np.concatenate([got[i, :k] for i, k in enumerate(sizes)])

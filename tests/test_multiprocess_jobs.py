@@ -94,3 +94,35 @@ def test_selfplay_rounds_call_record_and_retrain_as_in_one_process(tmp_path, dat
     assert (a["round"] > 0).sum() > 0
     for k in ("qid", "expert", "round", "outcome", "cost"):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_a_cold_embedding_cache_is_filled_by_both_processes_sharing_the_work(tmp_path, data):
+    """baselines with a kNN router embeds the slice's 96 questions; with an empty cache
+    ($LEEROO_CACHE: the real weights linked in, nothing embedded) each of the 2 processes embeds
+    half, and process 0 writes all of them: the vectors one process computes in one go."""
+    from leeroo_jax.data import mmlu
+    from leeroo_jax.data.embed_cache import EmbeddingCache
+    from leeroo_jax.data.pool import query_text
+    from leeroo_jax.orchestrator.backbone import Backbone, Embedder
+    from leeroo_jax.weights import assets
+    from leeroo_jax.weights.loader import load
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "weights").symlink_to(assets.cache_root() / "weights")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {
+        "PORT": "12402", "LEEROO_CACHE": str(cache), "LEEROO_COMPILE_CACHE": str(assets.cache_root() / "jax")}
+    proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", sys.executable, "-m", "leeroo_jax.score",
+                           "--config=configs/tiny.py", "--config.job=baselines", "--config.eval.knn_ks=(5,)",
+                           f"--config.output_root={tmp_path / 'out'}", *data],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n = sum(PER_SPLIT.values())
+    assert sorted(line.split(" texts")[0] for line in proc.stdout.splitlines() if line.startswith("embedded ")) == \
+        [f"embedded {n // 2}"] * 2
+    texts = [query_text(q) for q in mmlu.load_questions(data[0].split("=", 1)[1])]
+    bb = tiny.get_config().backbone
+    stored = EmbeddingCache(cache / "embeddings", Embedder.from_config(bb).key, 384)
+    assert stored.missing(texts) == []
+    want = Backbone(load(assets.backbone_path(bb.path)), bb.pooling, bb.max_length, bb.batch_size).encode(texts)
+    np.testing.assert_allclose(stored.get(texts, None), want, atol=1e-5)

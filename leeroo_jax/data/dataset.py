@@ -156,6 +156,9 @@ def load(cfg, records_dir: str | os.PathLike, embed: Callable[[Sequence[str]], n
         observed = restrict_to_probes(observed, questions, list(pool.names), probes)
     ds = Dataset(questions, pool, cost, dense.outcome, dense.soft, observed,
                  splits.split_array([q.id for q in questions]), np.array([q.subject for q in questions]))
-    if embed is not None:
-        ds.vecs = distributed.main_first("embed", lambda: np.asarray(embed(ds.texts), np.float32))
+    if embed is not None:  # a coordinated embedder shares the work over the processes; any other runs in
+        # process 0 first (it fills the cache), then in the others (they read it)
+        vecs = embed(ds.texts) if getattr(embed, "coordinated", False) else distributed.main_first(
+            "embed", lambda: embed(ds.texts))
+        ds.vecs = np.asarray(vecs, np.float32)
     return ds

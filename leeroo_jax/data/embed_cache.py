@@ -45,13 +45,25 @@ class EmbeddingCache:
         self.key, self.dim = key, dim
         self._row = {h: i for i, h in enumerate(self.hashes)}
 
+    def missing(self, texts: Sequence[str]) -> list[int]:
+        """Indices of the texts `get` would compute: the first occurrence of each uncached text."""
+        seen: set[str] = set()
+        out = []
+        for i, t in enumerate(texts):
+            h = text_hash(t)
+            if h not in self._row and h not in seen:
+                seen.add(h)
+                out.append(i)
+        return out
+
     def get(self, texts: Sequence[str], compute: Callable[[Sequence[str]], np.ndarray]) -> np.ndarray:
-        """[N, dim] embeddings of texts; computes (and stores) only the ones not cached."""
+        """[N, dim] embeddings of texts; computes (and stores) only the ones not cached, passing
+        `compute` the `missing(texts)` texts in that order."""
         hashes = [text_hash(t) for t in texts]
-        missing = list(dict.fromkeys(h for h in hashes if h not in self._row))
+        todo = self.missing(texts)
+        missing = [hashes[i] for i in todo]
         if missing:
-            first = {h: t for h, t in zip(hashes, texts)}
-            new = np.asarray(compute([first[h] for h in missing]), np.float32)
+            new = np.asarray(compute([texts[i] for i in todo]), np.float32)
             n = len(self.hashes)
             self.vectors = self.vectors.resize(exclusive_max=[n + len(missing), self.dim]).result()
             self.vectors[n:n + len(missing)].write(new).result()

@@ -47,6 +47,7 @@ from leeroo_jax.data.mmlu import Question, make_question
 from leeroo_jax.experts import generator, judge
 from leeroo_jax.experts.live import LiveExpert
 from leeroo_jax.jobs import common
+from leeroo_jax.orchestrator.backbone import Embedder
 from leeroo_jax.orchestrator import explore
 from leeroo_jax.training import loop, trainer as trainer_lib
 from leeroo_jax.training.metrics_writer import MetricWriter
@@ -220,7 +221,7 @@ def run(cfg) -> list[dict]:
     generated = _read_generated(out / "generated.jsonl")
 
     def load() -> Dataset:
-        return dataset_lib.load(cfg, out / "oracle", lambda texts: common.embed(cfg, texts),
+        return dataset_lib.load(cfg, out / "oracle", Embedder.from_config(cfg.backbone),
                                 extra_questions=[q for _, q in generated])
 
     oracle = load()

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from leeroo_jax import distributed
 from leeroo_jax.data.buckets import bucket_length
 from leeroo_jax.data.embed_cache import EmbeddingCache
 from leeroo_jax.errors import WeightsError
@@ -122,13 +123,25 @@ class Backbone:
         return out
 
 
+def _nothing_missing(texts: Sequence[str]) -> np.ndarray:
+    raise RuntimeError(f"{len(texts)} texts are missing from the embedding cache after process 0 wrote it; "
+                       "another job wrote the same cache meanwhile")
+
+
 class Embedder:
     """A frozen backbone as a cached text -> vector function (what `data.dataset.load` takes).
 
     Vectors [N, D] f32 are cached on disk under the backbone's *content* digest, pooling and
     max length, so a different checkpoint in a same-named folder never reads stale entries.
     The backbone itself is loaded only when some text is missing from the cache.
+
+    As N processes, every process calls it with the same texts (`coordinated`): process 0's
+    view of the cache decides what is missing, each process embeds its share of that on its
+    own first device, the vectors are all-gathered, process 0 appends them to the cache, and
+    the others reopen it after a barrier. Nobody else writes the cache meanwhile.
     """
+
+    coordinated = True  # data.dataset.load calls it in every process rather than in process 0 first
 
     def __init__(self, path: str, pooling: str = "mean", max_length: int = 256, batch_size: int = 16,
                  cache_dir: str | None = None):
@@ -151,4 +164,18 @@ class Embedder:
         return vecs
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return self.cache.get(texts, self._compute)
+        if jax.process_count() == 1:
+            return self.cache.get(texts, self._compute)
+        first = np.zeros(len(texts), bool)
+        first[self.cache.missing(texts)] = True
+        todo = np.flatnonzero(distributed.broadcast_from_main(first))  # in `missing` order, as `get` asks
+        if len(todo):
+            share = todo[distributed.process_share(len(todo))]
+            local = self._compute([texts[i] for i in share]) if len(share) else np.zeros((0, self.dim), np.float32)
+            vecs = distributed.allgather_shares(np.asarray(local, np.float32), len(todo))
+            if distributed.is_main_process():
+                self.cache.get(texts, lambda _: vecs)
+            distributed.barrier("embed_cache")
+            if not distributed.is_main_process():  # the manifest and the array's shape are read at open
+                self.cache = EmbeddingCache(self.cache.dir.parent, self.key, self.dim)
+        return self.cache.get(texts, _nothing_missing)
