@@ -72,8 +72,9 @@ def test_a_checkpoint_saved_by_2_processes_restores_in_1_to_the_same_parameters(
 
 
 def test_route_as_2_processes_from_a_1_process_checkpoint_matches_1_process(runs, tmp_path):
-    """The route job restores the 1-process run's checkpoint in 2 processes (each scoring its
-    rows of every batch) and writes the choices the job writes in this one process."""
+    """The route job restores the 1-process run's checkpoint (saved on a data=8 mesh) in 2
+    processes on a data=2, fsdp=2, tensor=2 mesh (Orbax reshards the head on restore), each
+    scoring its rows of every batch, and writes the choices the job writes in this one process."""
     from leeroo_jax.jobs.route import run_route
 
     _, one = runs
@@ -81,7 +82,8 @@ def test_route_as_2_processes_from_a_1_process_checkpoint_matches_1_process(runs
     env["PORT"] = "12393"
     proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", sys.executable, "-m", "leeroo_jax.score",
                            "--config=configs/tiny.py", "--config.job=route", f"--config.checkpoint={one}",
-                           f"--config.route.output={tmp_path / 'two'}"],
+                           f"--config.route.output={tmp_path / 'two'}", "--config.mesh.data=2", "--config.mesh.fsdp=2",
+                           "--config.mesh.tensor=2"],
                           capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = tiny.get_config()

@@ -14,9 +14,11 @@ import pytest
 
 from configs import tiny
 import numpy as np
+from flax import nnx
 
 from leeroo_jax.data.records import RecordStore
 from leeroo_jax.jobs import add_expert, baselines, selfplay, train
+from leeroo_jax.jobs.runs import load_run
 from slices import assert_close_trees, real_slice
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -71,15 +73,22 @@ def test_add_expert_restores_a_1_process_run_and_grows_it_as_2(tmp_path, data):
     assert_close_trees(_report(one), _report(two))
 
 
-def test_last_k_fine_tuning(tmp_path, data, minilm_path):
-    steps = ["--config.train.mode=last_k", "--config.train.last_k=1", "--config.train.steps=4",
+@pytest.mark.parametrize("mode", ["last_k", "full"])
+def test_fine_tuning(tmp_path, data, minilm_path, mode):
+    """MiniLM fine-tuned (its top layer, or whole) as 2 processes: the 1-process parameters
+    (<= 1e-6, each best checkpoint restored) and the same report, policy, calibration, routes."""
+    steps = [f"--config.train.mode={mode}", "--config.train.last_k=1", "--config.train.steps=2",
              "--config.train.eval_every=2", "--config.train.batch_size=16"]
     _two(12399, "leeroo_jax.train", "--config=configs/tiny.py", f"--config.output_root={tmp_path / 'two'}", *data, *steps)
-    train.run(_cfg("", tmp_path / "one", data, mode="last_k", last_k=1, steps=4, eval_every=2, batch_size=16))
+    train.run(_cfg("", tmp_path / "one", data, mode=mode, last_k=1, steps=2, eval_every=2, batch_size=16))
+    one, two = tmp_path / "one" / "tiny", tmp_path / "two" / "tiny"
     for name in ("report.json", "policy.json", "calibration.json"):
-        assert_close_trees(json.loads((tmp_path / "one" / "tiny" / name).read_text()),
-                           json.loads((tmp_path / "two" / "tiny" / name).read_text()))
-    assert (tmp_path / "two" / "tiny" / "routes.jsonl").read_text() == (tmp_path / "one" / "tiny" / "routes.jsonl").read_text()
+        assert_close_trees(json.loads((one / name).read_text()), json.loads((two / name).read_text()))
+    assert (two / "routes.jsonl").read_text() == (one / "routes.jsonl").read_text()
+    a, b = (dict(nnx.traversals.flatten_mapping(nnx.to_pure_dict(load_run(d).trainer.state[0]))) for d in (one, two))
+    assert a.keys() == b.keys() and any("backbone" in map(str, k) for k in a)  # the backbone's weights were saved
+    for k in a:
+        np.testing.assert_allclose(np.asarray(b[k]), np.asarray(a[k]), rtol=0, atol=1e-6, err_msg=str(k))
 
 
 def test_selfplay_rounds_call_record_and_retrain_as_in_one_process(tmp_path, data):

@@ -102,7 +102,7 @@ def fit_row(h_kh, side_logit_kp, side_w_p, y_k, u0_h, l2, steps: int = 500):
 
 
 def run(cfg) -> dict:
-    base = load_run(cfg.checkpoint)
+    base = load_run(cfg.checkpoint, mesh=cfg.mesh.to_dict())  # this command's devices, not the run's
     if base.cfg.train.get("ensemble", 1) > 1:
         raise ConfigError(f"add_expert grows one head, but {cfg.checkpoint} is an ensemble of "
                           f"{base.cfg.train.ensemble} heads; retrain it with --config.train.ensemble=1 first")

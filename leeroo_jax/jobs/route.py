@@ -146,7 +146,7 @@ def run_route(cfg) -> dict:
         target = check_calibration_target(cfg, cost, names, ds.cost[ds.rows("val")].astype(np.float32))
     else:
         budget = budget_from(cfg, cost, names)
-    run = load_run(cfg.checkpoint, ds)
+    run = load_run(cfg.checkpoint, ds, mesh=cfg.mesh.to_dict())  # this command's devices, not the run's
     calibration, router = None, "orchestrator"
     if cfg.route.calibrate_on:
         router = run.router_for(target)

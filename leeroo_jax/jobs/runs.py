@@ -58,10 +58,14 @@ def train_config(run_dir: str | os.PathLike) -> ml_collections.ConfigDict:
     return cfg
 
 
-def load_run(run_dir: str | os.PathLike, data: Dataset | None = None) -> Run:
+def load_run(run_dir: str | os.PathLike, data: Dataset | None = None, mesh: dict | None = None) -> Run:
     """Rebuild a training run's model and data and restore its best (else latest) checkpoint.
-    `data`: the run's dataset when the caller has loaded it already (its embeddings are added)."""
+    `data`: the run's dataset when the caller has loaded it already (its embeddings are added).
+    `mesh`: config.mesh sizes to restore onto instead of the run's own (a run trained on a pod
+    is served on the devices at hand; Orbax reshards on restore)."""
     cfg = train_config(run_dir)
+    if mesh is not None:
+        cfg.mesh = ml_collections.ConfigDict(dict(mesh))
     if data is None:
         data = common.load_dataset(cfg)
     elif data.vecs is None:
