@@ -143,7 +143,8 @@ def test_checkpointer_keeps_a_bucket_uri(bucket, tmp_path, monkeypatch):
     try:
         import google.cloud.storage  # noqa: F401
     except ImportError:  # orbax asks google-cloud-storage about the bucket: without it, one line
-        with pytest.raises(ConfigError, match=r"cannot open the checkpoints in gs://bucket/x/tiny/ckpt .*google-cloud-storage"):
+        with pytest.raises(ConfigError, match=r"cannot open the checkpoints in gs://bucket/x/tiny/ckpt .*"
+                                              r"google-cloud-storage"):
             Checkpointer("gs://bucket/x/tiny/ckpt")
     monkeypatch.setattr(gcs_utils, "get_bucket", lambda name: object())  # what it answers for a plain (non-HNS) bucket
     ckpt = Checkpointer("gs://bucket/x/tiny/ckpt", async_save=False)
