@@ -34,8 +34,10 @@
 # them; every process writes its part of an Orbax checkpoint). The workers of a multi-host
 # slice have separate disks: mount shared storage (Filestore NFS, or a bucket via gcsfuse) at
 # the same path on every worker, e.g. from SETUP_EXTRA, and pass --config.output_root=<mount>.
-# output_root is a local path to the jobs (pathlib), so a gs:// URL only works through such a
-# mount; RUN_DIR=gs://... just tells this script there is nothing to copy back.
+# --config.output_root=gs://bucket/runs writes the run directory (reports, metrics, TensorBoard,
+# Orbax checkpoints) to the bucket through etils.epath (install gcsfs on the workers), but the
+# record store stays on a filesystem: pass --config.data.records=<mount>/records as well.
+# RUN_DIR=gs://... tells this script there is nothing to copy back.
 #
 # Settings (environment variables):
 #   TPU_NAME          TPU VM (node) name; required.

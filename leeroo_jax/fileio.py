@@ -1,5 +1,12 @@
-"""Atomic file writes: a reader (or a job killed half-way) sees the old file or the new one,
-never a torn one. Write a temp file beside the target, fsync it, `os.replace` it over."""
+"""Output files that a reader (or a job killed half-way) sees whole or not at all, on a local
+disk or in a bucket.
+
+Paths are `etils.epath.Path`s, so a run directory may be `gs://bucket/runs/x` (pods write their
+checkpoints and reports to a bucket). A local path is written to a temp file beside the target,
+fsynced and `os.replace`d over it. An object store has no rename, but needs none: an object
+upload is atomic by itself (a reader sees the old object or the new one), so a non-local path is
+written with one `epath.Path.write_bytes`.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +14,32 @@ import json
 import os
 import pathlib
 import tempfile
+import uuid
+
+from etils import epath
 
 from leeroo_jax.errors import DataError
 
 
+def is_local(path: str | os.PathLike) -> bool:
+    """A path of this machine's filesystem (os calls, renames, locks work), not an object store's
+    URI (gs://, s3://: epath keeps the scheme, which pathlib would fold into `gs:/bucket`)."""
+    return "://" not in os.fspath(path)
+
+
+def resolved(path: str | os.PathLike) -> epath.Path:
+    """`path` made absolute: a local path resolved as pathlib does (symlinks too); a URI is
+    absolute already (epath's `resolve` would prefix it with the working directory)."""
+    return epath.Path(pathlib.Path(path).resolve()) if is_local(path) else epath.Path(path)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    if not is_local(path):
+        try:
+            epath.Path(path).write_bytes(data)
+        except Exception as e:  # noqa: BLE001 - object-store clients raise their own errors (gcsfs, google.auth)
+            raise DataError(f"cannot write {path} ({reason(e)}); {client_fix(e)}") from None
+        return
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -33,18 +61,48 @@ def write_json(path: str | os.PathLike, obj, indent: int | None = None) -> None:
     write_text(path, json.dumps(obj, indent=indent, default=float))
 
 
-def writable_dir(path: str | os.PathLike, what: str = "output directory") -> pathlib.Path:
+def writable_dir(path: str | os.PathLike, what: str = "output directory") -> epath.Path:
     """`path` created if needed and checked writable, before a job spends time on its work."""
-    path = pathlib.Path(path)
+    if not is_local(path):
+        return _writable_remote(epath.Path(path), what)
+    local = pathlib.Path(path)
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        local.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DataError(f"cannot create the {what} {path} ({e.strerror}); choose a writable location") from None
+        raise DataError(f"cannot create the {what} {local} ({e.strerror}); choose a writable location") from None
     try:  # a real probe: os.access says yes to root everywhere, even on read-only mounts and /sys
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-probe-")
+        fd, probe = tempfile.mkstemp(dir=local, prefix=".write-probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise DataError(f"the {what} {path} is not writable ({e.strerror}); choose a writable location "
+        raise DataError(f"the {what} {local} is not writable ({e.strerror}); choose a writable location "
                         "(e.g. --config.output_root)") from None
+    return epath.Path(path)
+
+
+def _writable_remote(path: epath.Path, what: str) -> epath.Path:
+    """A bucket has no directories to create; writing and deleting a probe object is what tells
+    a missing client library (gcsfs), missing credentials or a read-only bucket apart before work."""
+    probe = path / f".write-probe-{uuid.uuid4().hex}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except Exception as e:  # noqa: BLE001 - the client's own error types: ImportError, HttpError, auth errors
+        raise DataError(f"the {what} {path} is not writable ({reason(e)}); {client_fix(e)}, or choose a writable "
+                        "location (e.g. --config.output_root)") from None
     return path
+
+
+def reason(e: BaseException) -> str:
+    """An exception as one short line (a client's message may span lines)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:300]
+
+
+def client_fix(e: BaseException) -> str:
+    """The fix for an object store's error. A missing client: epath reaches gs:// through gcsfs
+    (or TensorFlow), Orbax asks google-cloud-storage about the bucket; neither is a dependency."""
+    if isinstance(e, ImportError):
+        return "install gcsfs and google-cloud-storage (the gs:// clients of etils.epath and Orbax)"
+    return "check the bucket's name, permissions and credentials"

@@ -159,6 +159,19 @@ def test_unwritable_output_directory(data, tmp_path, job, where, needles):
     assert (tmp_path / "afile").is_file() if where == "under_a_file" else not os.path.exists("/sys/config.json")
 
 
+def test_a_bucket_run_dir_needs_a_local_record_store(tmp_path):
+    """--config.output_root=gs://...: the run directory may be in a bucket, the record store may
+    not; one line naming the fix before any work, and nothing written locally (run from an
+    empty directory: pathlib used to turn the URI into ./gs:/bucket/x/tiny)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "leeroo_jax.train", f"--config={ROOT / TINY}",
+                           "--config.output_root=gs://bucket/x"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=600)
+    _one_line_error(proc, "the run directory gs://bucket/x/tiny is in a bucket", "record store",
+                    "--config.data.records=/local/or/shared/path")
+    assert not list(tmp_path.iterdir())
+
+
 # --- 4: a tokenizer whose ids the model's embedding table does not have ----------------------
 
 

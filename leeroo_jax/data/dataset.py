@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from leeroo_jax import distributed
 from leeroo_jax.data import mmlu, records, splits
@@ -152,7 +153,7 @@ def load(cfg, records_dir: str | os.PathLike, embed: Callable[[Sequence[str]], n
     dense = store.dense([q.id for q in questions], list(pool.names))
     observed = dense.observed
     if cfg.data.probes:  # experts added from a few probes: only those outcomes are known (splits unchanged)
-        probes = json.loads(pathlib.Path(cfg.data.probes).read_text())
+        probes = json.loads(epath.Path(cfg.data.probes).read_text())  # in the run directory: maybe a bucket
         observed = restrict_to_probes(observed, questions, list(pool.names), probes)
     ds = Dataset(questions, pool, cost, dense.outcome, dense.soft, observed,
                  splits.split_array([q.id for q in questions]), np.array([q.subject for q in questions]))

@@ -102,7 +102,7 @@ def fit_row(h_kh, side_logit_kp, side_w_p, y_k, u0_h, l2, steps: int = 500):
 
 
 def run(cfg) -> dict:
-    base = load_run(cfg.checkpoint, mesh=cfg.mesh.to_dict())  # this command's devices, not the run's
+    base = load_run(cfg.checkpoint, records=cfg.data.records, mesh=cfg.mesh.to_dict())  # this command's devices
     if base.cfg.train.get("ensemble", 1) > 1:
         raise ConfigError(f"add_expert grows one head, but {cfg.checkpoint} is an ensemble of "
                           f"{base.cfg.train.ensemble} heads; retrain it with --config.train.ensemble=1 first")
@@ -113,7 +113,7 @@ def run(cfg) -> dict:
     probes = _draw_probes(full, new_names, cfg.add_expert.probes, cfg.add_expert.seed)
     if distributed.is_main_process():
         fileio.write_json(out / "probes.json", probes, indent=1)
-    new_cfg.data.probes = str((out / "probes.json").resolve())
+    new_cfg.data.probes = str(fileio.resolved(out / "probes.json"))
     # what load_dataset(new_cfg) gives from here on: the new experts' outcomes restricted to their probes
     known = dataclasses.replace(full, observed=restrict_to_probes(full.observed, full.questions, full.names, probes))
     trainer = trainer_lib.build(new_cfg, known)

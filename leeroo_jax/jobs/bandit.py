@@ -34,6 +34,7 @@ def _sub(cfg, name: str, seed: int, **selfplay_kw):
 
 
 def run(cfg) -> dict:
+    common.require_local_run_dir(cfg, selfplay.STORES_WHY)  # its sub-runs are self-play runs under it
     out = common.output_dir(cfg)
     ours, seeds = cfg.selfplay.strategy, range(cfg.selfplay.bench_seeds)
     curves = {s: [selfplay.run(_sub(cfg, s, seed, strategy=s)) for seed in seeds] for s in (ours, "uniform")}

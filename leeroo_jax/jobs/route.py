@@ -10,7 +10,9 @@ a mean cost on the routed questions: "weak" / "strong" (config.eval's experts). 
 route.calibrate_on=val, value is a target mean cost and the per-query mode's lam (tradeoff)
 or tau (quality) is fitted on the run's VAL questions to meet it (orchestrator/calibrate.py).
 A budget no routing can meet is a one-line error naming the feasible range. Writes
-<output>/choices.jsonl (one line per question) and summary.json.
+<output>/choices.jsonl (one line per question) and summary.json. The checkpoint and the output
+may be bucket URIs (gs://...); a run in a bucket whose record store was <run>/records reads a
+local copy of it named by --config.data.records.
 
 p goes through the run's calibration (calibration.json). A mean-cost budget (batch_budget,
 or a calibrate_on=val target) is served by the router the run's VAL-decided policy names for
@@ -22,9 +24,9 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
 
 import numpy as np
+from etils import epath
 
 from leeroo_jax import distributed, fileio
 from leeroo_jax.data import mmlu
@@ -135,8 +137,8 @@ def route_questions(run: Run, questions: list[mmlu.Question], cost: np.ndarray, 
 
 def run_route(cfg) -> dict:
     """Every check that needs no model runs first: a bad budget fails in seconds."""
-    out = fileio.writable_dir(pathlib.Path(cfg.route.output or pathlib.Path(cfg.checkpoint) / "route"))
-    tcfg = train_config(cfg.checkpoint)
+    out = fileio.writable_dir(cfg.route.output or epath.Path(cfg.checkpoint) / "route")
+    tcfg = train_config(cfg.checkpoint, cfg.data.records)
     questions, ds = _questions(cfg, tcfg)
     pool = Pool.from_config(tcfg.pool)
     names = list(pool.names)
@@ -146,7 +148,7 @@ def run_route(cfg) -> dict:
         target = check_calibration_target(cfg, cost, names, ds.cost[ds.rows("val")].astype(np.float32))
     else:
         budget = budget_from(cfg, cost, names)
-    run = load_run(cfg.checkpoint, ds, mesh=cfg.mesh.to_dict())  # this command's devices, not the run's
+    run = load_run(cfg.checkpoint, ds, cfg.data.records, mesh=cfg.mesh.to_dict())  # this command's devices
     calibration, router = None, "orchestrator"
     if cfg.route.calibrate_on:
         router = run.router_for(target)

@@ -4,6 +4,8 @@ A run directory is self-describing: its config.json rebuilds the data and model 
 with, ckpt/ holds the weights (the best step by VAL AIQ, else the latest), calibration.json the
 per-expert maps of p and policy.json the router deployed per budget (both fitted on VAL; runs
 trained before they existed get the identity map and the orchestrator at every budget).
+The directory may be a bucket URI (gs://bucket/runs/x, read through etils.epath); its record
+store is local (config.data.records, jobs/common.py).
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import pathlib
 
 import ml_collections
+from etils import epath
 from flax import nnx
 
+from leeroo_jax import fileio
 from leeroo_jax.data.dataset import Dataset
 from leeroo_jax.errors import ConfigError
 from leeroo_jax.jobs import common
@@ -46,24 +49,37 @@ class Run:
         return policy_lib.PRIMARY if self.policy is None else self.policy.router_for(mean_budget)
 
 
-def train_config(run_dir: str | os.PathLike) -> ml_collections.ConfigDict:
-    run_dir = pathlib.Path(run_dir)
-    if not (run_dir / "config.json").exists() or not (run_dir / "ckpt").is_dir():
+def train_config(run_dir: str | os.PathLike, records: str = "") -> ml_collections.ConfigDict:
+    """The run's config as saved. `records`: a local record store to read when the run's own is
+    <run dir>/records in a bucket (a run copied there whole); ignored otherwise."""
+    run_dir = epath.Path(run_dir)
+    try:
+        is_run = (run_dir / "config.json").exists() and (run_dir / "ckpt").is_dir()
+        saved = (run_dir / "config.json").read_text() if is_run else None
+    except Exception as e:  # noqa: BLE001 - a bucket's client errors: no gcsfs, credentials, HTTP
+        if fileio.is_local(run_dir):
+            raise
+        raise ConfigError(f"cannot read config.checkpoint={str(run_dir)!r} ({fileio.reason(e)}); "
+                          f"{fileio.client_fix(e)}") from None
+    if saved is None:
         raise ConfigError(f"config.checkpoint={str(run_dir)!r} is not a training run directory (no config.json "
                           "and ckpt/); pass checkpoints/<run_name> of a finished `leeroo_jax.train` run")
-    cfg = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
+    cfg = ml_collections.ConfigDict(json.loads(saved))
     cfg.output_root, cfg.run_name = str(run_dir.parent), run_dir.name  # the run's own record store
     if "records" not in cfg.data:  # runs saved before config.data.records existed used <run>/records
         cfg.data.records = ""
+    if not cfg.data.records and records and not fileio.is_local(run_dir):
+        cfg.data.records = records
     return cfg
 
 
-def load_run(run_dir: str | os.PathLike, data: Dataset | None = None, mesh: dict | None = None) -> Run:
+def load_run(run_dir: str | os.PathLike, data: Dataset | None = None, records: str = "",
+             mesh: dict | None = None) -> Run:
     """Rebuild a training run's model and data and restore its best (else latest) checkpoint.
-    `data`: the run's dataset when the caller has loaded it already (its embeddings are added).
-    `mesh`: config.mesh sizes to restore onto instead of the run's own (a run trained on a pod
-    is served on the devices at hand; Orbax reshards on restore)."""
-    cfg = train_config(run_dir)
+    `data`: the run's dataset when the caller has loaded it already (its embeddings are added);
+    `records`: as in `train_config`; `mesh`: config.mesh sizes to restore onto instead of the
+    run's own (a run trained on a pod is served on the devices at hand; Orbax reshards)."""
+    cfg = train_config(run_dir, records)
     if mesh is not None:
         cfg.mesh = ml_collections.ConfigDict(dict(mesh))
     if data is None:
@@ -71,7 +87,8 @@ def load_run(run_dir: str | os.PathLike, data: Dataset | None = None, mesh: dict
     elif data.vecs is None:
         data.vecs = common.embed(cfg, data.texts)
     trainer = trainer_lib.build(cfg, data)
-    ckpt = Checkpointer(pathlib.Path(run_dir) / "ckpt")
+    run_dir = epath.Path(run_dir)
+    ckpt = Checkpointer(run_dir / "ckpt")
     step = ckpt.best_step()
     step = ckpt.latest_step() if step is None else step  # the best can be step 0 (an anchored head)
     if step is None:
@@ -80,7 +97,6 @@ def load_run(run_dir: str | os.PathLike, data: Dataset | None = None, mesh: dict
     restored, _ = ckpt.restore(step, abstract_like(nnx.to_pure_dict(trainer.state)))
     ckpt.close()
     nnx.replace_by_pure_dict(trainer.state, restored)
-    run_dir = pathlib.Path(run_dir)
     cal = pcal.Calibration("none")
     if (run_dir / "calibration.json").exists():
         cal = pcal.Calibration.from_json(_read_json(run_dir / "calibration.json"))
@@ -91,7 +107,7 @@ def load_run(run_dir: str | os.PathLike, data: Dataset | None = None, mesh: dict
     return Run(cfg, data, trainer, step, cal, pol)
 
 
-def _read_json(path: pathlib.Path) -> dict:
+def _read_json(path: epath.Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:

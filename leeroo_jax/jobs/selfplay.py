@@ -215,8 +215,12 @@ def _judge(cfg, view: Dataset, real: np.ndarray, pairs, choice) -> np.ndarray:
     return np.array([answer[q] for q, _ in pairs])
 
 
+STORES_WHY = "self-play keeps its record stores (oracle/, records/) in it"
+
+
 def run(cfg) -> list[dict]:
     sp = cfg.selfplay
+    common.require_local_run_dir(cfg, STORES_WHY)
     out = common.output_dir(cfg)
     generated = _read_generated(out / "generated.jsonl")
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pathlib
+import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
+from leeroo_jax import fileio
 from leeroo_jax.errors import ConfigError
 
 BEST_METRIC = "val_aiq"
@@ -59,20 +61,27 @@ def check_identity(meta: dict, cfg, where) -> None:
 
 
 class Checkpointer:
-    def __init__(self, directory: str | pathlib.Path, keep: int = 2, async_save: bool = True):
+    def __init__(self, directory: str | os.PathLike, keep: int = 2, async_save: bool = True):
+        """directory: local, or a bucket URI (gs://...: orbax writes it through epath and tensorstore)."""
         policy = policies.AnyPreservationPolicy(policies=[
             policies.LatestN(n=keep),
             policies.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1),  # ascending sort, keeps the last: the max
         ])
-        self.mgr = ocp.CheckpointManager(
-            pathlib.Path(directory).resolve(),
-            options=ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=async_save,
-                                                 best_fn=lambda m: m[BEST_METRIC], best_mode="max"),
-        )
+        try:
+            self.mgr = ocp.CheckpointManager(
+                fileio.resolved(directory),
+                options=ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=async_save,
+                                                     best_fn=lambda m: m[BEST_METRIC], best_mode="max"),
+            )
+        except ImportError as e:  # in a bucket orbax imports google-cloud-storage, epath gcsfs: optional clients
+            if fileio.is_local(directory):
+                raise
+            raise ConfigError(f"cannot open the checkpoints in {directory} ({fileio.reason(e)}); "
+                              f"{fileio.client_fix(e)}") from None
 
     @property
-    def directory(self) -> pathlib.Path:
-        return pathlib.Path(self.mgr.directory)
+    def directory(self) -> epath.Path:
+        return epath.Path(self.mgr.directory)
 
     def latest_step(self) -> int | None:
         return self.mgr.latest_step()
@@ -97,7 +106,7 @@ class Checkpointer:
     def restore_as_saved(self, step: int) -> tuple[Any, dict]:
         """(state, meta) of a checkpoint whose structure the caller does not have (another run's):
         the target is read from the checkpoint's own metadata; arrays land on the default device."""
-        meta = ocp.StandardCheckpointer().metadata(pathlib.Path(self.mgr.directory) / str(step) / "state")
+        meta = ocp.StandardCheckpointer().metadata(self.directory / str(step) / "state")
         tree = getattr(meta, "item_metadata", meta)
         tree = getattr(tree, "tree", tree)
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree,

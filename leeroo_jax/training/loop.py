@@ -15,12 +15,12 @@ among them) passed in by the job, so this package does not depend on the evaluat
 from __future__ import annotations
 
 import os
-import pathlib
 import signal
 import time
 from typing import Callable
 
 import jax
+from etils import epath
 from flax import nnx
 from tqdm import tqdm
 
@@ -34,7 +34,7 @@ from leeroo_jax.training.trainer import Trainer
 Evaluate = Callable[[Trainer], dict]
 
 
-def check_resume(cfg, out: pathlib.Path) -> None:
+def check_resume(cfg, out: epath.Path) -> None:
     """A one-line error, before anything is written, when `out` holds checkpoints of another config."""
     if not (out / "ckpt").is_dir():
         return
@@ -45,7 +45,7 @@ def check_resume(cfg, out: pathlib.Path) -> None:
     ckpt.close()
 
 
-def fit(cfg, trainer: Trainer, out: pathlib.Path, evaluate: Evaluate) -> Trainer:
+def fit(cfg, trainer: Trainer, out: epath.Path, evaluate: Evaluate) -> Trainer:
     """Run (or resume) training; returns the trainer holding the best-by-VAL state."""
     t = cfg.train
     ckpt = Checkpointer(out / "ckpt", keep=t.keep)
@@ -74,7 +74,7 @@ def fit(cfg, trainer: Trainer, out: pathlib.Path, evaluate: Evaluate) -> Trainer
 def warm_start_head(trainer: Trainer, run_dir: str) -> None:
     """Start from the head of another run's best checkpoint (e.g. a frozen-mode run, before
     fine-tuning the backbone under it: a fresh head on a moving backbone starts from noise)."""
-    src = Checkpointer(pathlib.Path(run_dir) / "ckpt")
+    src = Checkpointer(epath.Path(run_dir) / "ckpt")
     step = src.best_step()
     step = src.latest_step() if step is None else step
     if step is None:
@@ -91,7 +91,7 @@ def warm_start_head(trainer: Trainer, run_dir: str) -> None:
     print(f"head initialised from {run_dir} step {step}")
 
 
-def _train(cfg, trainer: Trainer, ckpt: Checkpointer, out: pathlib.Path, start: int, evaluate: Evaluate) -> None:
+def _train(cfg, trainer: Trainer, ckpt: Checkpointer, out: epath.Path, start: int, evaluate: Evaluate) -> None:
     t = cfg.train
     compiled = step.train_step.lower(trainer.graphdef, trainer.state, trainer.batch(start), trainer.key).compile()
     mem = compiled.memory_analysis()

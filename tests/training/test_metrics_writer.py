@@ -18,6 +18,7 @@ import numpy as np
 
 from leeroo_jax import distributed
 from leeroo_jax.training.metrics_writer import MetricWriter
+from memory_bucket import MemoryBucket
 
 _CRC_TABLE = []
 for _i in range(256):
@@ -35,10 +36,11 @@ def _masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
-def read_events(path):
+def read_events(path_or_bytes):
     from tensorboardX.proto import event_pb2
 
-    data, pos, events = path.read_bytes(), 0, []
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else path_or_bytes.read_bytes()
+    pos, events = 0, []
     while pos < len(data):
         header = data[pos:pos + 8]
         (length,), (header_crc,) = struct.unpack("<Q", header), struct.unpack("<I", data[pos + 8:pos + 12])
@@ -107,6 +109,46 @@ def test_other_processes_write_nothing(tmp_path, monkeypatch):
         w.write(1, {"loss": 1.0})
         w.flush()
     assert not (tmp_path / "run").exists()
+
+
+def test_in_a_bucket_both_files_are_uploaded_whole(tmp_path):
+    """gs:// (tests/memory_bucket.py): no append, so each file is uploaded whole; the lines and
+    the TensorBoard scalars are those a local run writes."""
+    with MemoryBucket().mounted() as bucket, MetricWriter("gs://b/run", remote_every_s=0) as w:
+        for step, scalars in STEPS.items():
+            w.write(np.int64(step), scalars)
+    with MetricWriter(tmp_path) as local:
+        for step, scalars in STEPS.items():
+            local.write(np.int64(step), scalars)
+    assert bucket.objects["gs://b/run/metrics.jsonl"] == (tmp_path / "metrics.jsonl").read_bytes()
+    (event_name,) = [k for k in bucket.objects if k.startswith("gs://b/run/tb/")]
+    assert re.fullmatch(rf"gs://b/run/tb/events\.out\.tfevents\.\d+\.{re.escape(socket.gethostname())}\.\d+\.\d+",
+                        event_name)
+    events = read_events(bucket.objects[event_name])
+    assert events[0].file_version == "brain.Event:2"
+    ((local_events),) = (tmp_path / "tb").iterdir()
+    assert scalars_of(events) == scalars_of(read_events(local_events))
+    assert bucket.uploads == ["gs://b/run/metrics.jsonl", event_name] * len(STEPS)  # remote_every_s=0: every write
+
+
+def test_in_a_bucket_uploads_are_throttled_and_a_resume_keeps_earlier_lines():
+    bucket = MemoryBucket()
+    bucket.objects["gs://b/run/metrics.jsonl"] = b'{"step": 5, "loss": 1.0}\n'  # a killed run's lines
+    with bucket.mounted():
+        w = MetricWriter("gs://b/run", remote_every_s=3600)
+        w.write(10, {"loss": 0.5})  # the first write uploads at once
+        w.write(20, {"loss": 0.25})  # within remote_every_s: kept in memory
+        assert bucket.objects["gs://b/run/metrics.jsonl"] == b'{"step": 5, "loss": 1.0}\n{"step": 10, "loss": 0.5}\n'
+        assert len(bucket.uploads) == 2
+        w.flush()
+        assert len(bucket.uploads) == 4
+        w.close()
+        w.close()
+        assert len(bucket.uploads) == 4  # nothing new to upload
+    lines = [json.loads(x) for x in bucket.objects["gs://b/run/metrics.jsonl"].decode().splitlines()]
+    assert [x["step"] for x in lines] == [5, 10, 20]
+    (event_name,) = [k for k in bucket.objects if "/tb/" in k]
+    assert scalars_of(read_events(bucket.objects[event_name])) == {("loss", 10): 0.5, ("loss", 20): 0.25}
 
 
 def test_import_does_not_load_tensorboardx():
