@@ -7,6 +7,7 @@ non-local branches run for real; no real GCS bucket is reachable from here.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pathlib
@@ -108,12 +109,17 @@ def test_bucket_errors_are_one_line(bucket, error, fix):
         fileio.write_json("gs://bucket/x/tiny/a.json", {})
 
 
-def test_without_a_gs_client_the_error_names_gcsfs():
+def _installed(module: str) -> bool:
     try:
-        import gcsfs  # noqa: F401
-        pytest.skip("gcsfs is installed: the probe would reach the network")
+        importlib.import_module(module)
+        return True
     except ImportError:
-        pass
+        return False
+
+
+def test_without_a_gs_client_the_error_names_gcsfs():
+    if _installed("gcsfs"):
+        pytest.skip("gcsfs is installed: the probe would reach the network")
     with pytest.raises(DataError, match="install gcsfs"):
         fileio.writable_dir("gs://bucket/x/tiny")
 
@@ -140,9 +146,8 @@ def test_checkpointer_keeps_a_bucket_uri(bucket, tmp_path, monkeypatch):
     through tensorstore's gcs driver, which this test does not reach."""
     from orbax.checkpoint._src.path import gcs_utils
 
-    try:
-        import google.cloud.storage  # noqa: F401
-    except ImportError:  # orbax asks google-cloud-storage about the bucket: without it, one line
+    if not _installed("google.cloud.storage"):
+        # orbax asks google-cloud-storage about the bucket: without it, one line
         with pytest.raises(ConfigError, match=r"cannot open the checkpoints in gs://bucket/x/tiny/ckpt .*"
                                               r"google-cloud-storage"):
             Checkpointer("gs://bucket/x/tiny/ckpt")
