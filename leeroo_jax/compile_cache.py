@@ -7,6 +7,8 @@ On 2 CPU cores a model forward takes seconds to compile; with the cache a second
 from __future__ import annotations
 
 import os
+import pathlib
+import time
 
 import jax
 
@@ -25,4 +27,21 @@ def enable(path: str | None = None) -> str:
     # still writing and abort deserializing it: the processes of a multi-process job compile the
     # same programs at the same moment, and share the cache on one machine or a shared disk.
     jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    _backfill_access_times(path)
     return path
+
+
+def _backfill_access_times(path: str) -> None:
+    """The bounded cache reads every entry's `<key>-atime` file to rank evictions, and fails a
+    write when one is missing: give entries written by the unbounded cache (no atime) one."""
+    root = pathlib.Path(path)
+    if not root.is_dir():
+        return
+    now = time.time_ns().to_bytes(8, "little")
+    for entry in root.glob("*-cache"):
+        atime = entry.with_name(entry.name.removesuffix("-cache") + "-atime")
+        if not atime.exists():
+            try:
+                atime.write_bytes(now)
+            except OSError:  # a read-only shared cache: jax only warns when it cannot write an entry
+                return

@@ -120,7 +120,7 @@ def test_trains_on_2x2x2_to_the_one_device_parameters_on_the_rules_shardings(whi
     checked = 0
     for path_, v in opt:
         keys = [str(k) for k in path_]
-        arr = v.value if isinstance(v, nnx.Variable) else v
+        arr = v.get_value() if isinstance(v, nnx.Variable) else v
         moment = next((m for m in ("mu", "nu") if m in keys), None)
         name = ".".join(keys[keys.index(moment) + 1:]) if moment else ""
         if name in want and isinstance(arr, jax.Array) and arr.shape == ours[name][...].shape:  # not a placeholder of a frozen weight
