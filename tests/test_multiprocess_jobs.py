@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from configs import tiny
+import jax
 import numpy as np
 from flax import nnx
 
@@ -26,8 +27,10 @@ PER_SPLIT = {"train": 64, "val": 16, "test": 16}
 
 
 def _two(port: int, *args) -> None:
+    """`python -m MODULE ARGS` (or `python SCRIPT.py ARGS`) as 2 processes x 4 devices."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PORT": str(port)}
-    proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", sys.executable, "-m", *args],
+    run = [sys.executable, *args] if args[0].endswith(".py") else [sys.executable, "-m", *args]
+    proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", *run],
                           capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -135,3 +138,26 @@ def test_a_cold_embedding_cache_is_filled_by_both_processes_sharing_the_work(tmp
     assert stored.missing(texts) == []
     want = Backbone(load(assets.backbone_path(bb.path)), bb.pooling, bb.max_length, bb.batch_size).encode(texts)
     np.testing.assert_allclose(stored.get(texts, None), want, atol=1e-5)
+
+
+PROMPTS = ["The capital of France is", "Water boils at", "Write one question about astronomy:",
+           "1, 2, 3,", "Photosynthesis makes", "The largest planet is", "def add(a, b):", "Question: What is 7 x 8?"]
+
+
+def test_greedy_generation_with_the_kv_cache(tmp_path, smollm2_path):
+    """What the self-play generator and chat recipes run: SmolLM2 continues 8 prompts greedily
+    as 2 processes (each feeding its rows, the tokens all-gathered), token for token what one
+    process generates."""
+    from leeroo_jax import sharding
+    from leeroo_jax.experts import generate
+    from leeroo_jax.weights.loader import load
+
+    out = tmp_path / "two.json"
+    _two(12403, "tests/generate_worker.py", str(smollm2_path), str(out), *PROMPTS)
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=-1))
+    lm = load(smollm2_path, mesh)
+    ids = [lm.tokenizer(p)["input_ids"] for p in PROMPTS]
+    with jax.set_mesh(mesh):
+        want = generate.greedy_generate(lm.model, ids, 12, [lm.tokenizer.eos_token_id], mesh)
+    assert json.loads(out.read_text()) == want and all(want)
+
