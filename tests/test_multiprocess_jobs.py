@@ -80,10 +80,10 @@ def test_add_expert_restores_a_1_process_run_and_grows_it_as_2(tmp_path, data):
 def test_fine_tuning(tmp_path, data, minilm_path, mode):
     """MiniLM fine-tuned (its top layer, or whole) as 2 processes: the 1-process parameters
     (<= 1e-6, each best checkpoint restored) and the same report, policy, calibration, routes."""
-    steps = [f"--config.train.mode={mode}", "--config.train.last_k=1", "--config.train.steps=2",
-             "--config.train.eval_every=2", "--config.train.batch_size=16"]
+    steps = [f"--config.train.mode={mode}", "--config.train.last_k=1", "--config.train.steps=1",
+             "--config.train.eval_every=1", "--config.train.batch_size=16"]
     _two(12399, "leeroo_jax.train", "--config=configs/tiny.py", f"--config.output_root={tmp_path / 'two'}", *data, *steps)
-    train.run(_cfg("", tmp_path / "one", data, mode=mode, last_k=1, steps=2, eval_every=2, batch_size=16))
+    train.run(_cfg("", tmp_path / "one", data, mode=mode, last_k=1, steps=1, eval_every=1, batch_size=16))
     one, two = tmp_path / "one" / "tiny", tmp_path / "two" / "tiny"
     for name in ("report.json", "policy.json", "calibration.json"):
         assert_close_trees(json.loads((one / name).read_text()), json.loads((two / name).read_text()))
