@@ -216,15 +216,15 @@ def test_two_processes_record_what_one_records(scored, tmp_path, data):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PORT": "12396"}
     cmd = ["bash", "launch/local_multiprocess.sh", "2", sys.executable, "-m", "leeroo_jax.score",
            "--config=configs/tiny.py:live", "--config.job=experts", f"--config.output_root={tmp_path}", *data,
-           "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2", "--config.experts.limit=4"]
+           "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2", "--config.experts.limit=8"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg, _, run = scored
     one, two = (_live_rows(RecordStore(d / "records")) for d in (run, tmp_path / cfg.run_name))
     key = lambda rows: np.lexsort((rows["qid"], rows["expert"]))  # noqa: E731  commit order may differ
-    one = {k: v[np.isin(one["qid"], two["qid"])] for k, v in one.items()}  # the first 4 questions by id
+    one = {k: v[np.isin(one["qid"], two["qid"])] for k, v in one.items()}  # the first 8 questions by id
     one, two = ({k: v[key(r)] for k, v in r.items()} for r in (one, two))
-    assert len(two["qid"]) == len(one["qid"]) == 2 * 4  # every answer once, none twice
+    assert len(two["qid"]) == len(one["qid"]) == 2 * 8  # every answer once, none twice
     for k in ("qid", "expert", "choice", "outcome", "in_tokens", "out_tokens"):
         np.testing.assert_array_equal(two[k], one[k], err_msg=k)
     np.testing.assert_allclose(two["letters"], one["letters"], atol=1e-4)
