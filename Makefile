@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-* && touch $@
 
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=25
 
 run: setup
 	$(PY) -m leeroo_jax.train --config=configs/mmlu.py

@@ -41,7 +41,9 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             raise DataError(f"cannot write {path} ({reason(e)}); {client_fix(e)}") from None
         return
     path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    # A temp name of this writer's own: two processes writing one file (a memo every process of a
+    # job updates) must not rename each other's temp away; the last os.replace wins, whole.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -49,6 +51,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
+        tmp.unlink(missing_ok=True)
         raise DataError(f"cannot write {path} ({e.strerror}); choose a writable output directory") from None
 
 

@@ -65,9 +65,36 @@ def test_local_writes_are_atomic_replaces(tmp_path, monkeypatch):
     fileio.write_text(str(out / "b.md"), "# b\n")
     assert json.loads((tmp_path / "run" / "a.json").read_text()) == {"x": 1.5}
     assert (tmp_path / "run" / "b.md").read_text() == "# b\n"
-    assert replaced == [(str(tmp_path / "run" / ".a.json.tmp"), str(tmp_path / "run" / "a.json")),
-                        (str(tmp_path / "run" / ".b.md.tmp"), str(tmp_path / "run" / "b.md"))]
+    assert [b for _, b in replaced] == [str(tmp_path / "run" / "a.json"), str(tmp_path / "run" / "b.md")]
+    for (tmp, _), name in zip(replaced, ("a.json", "b.md")):  # a hidden temp of this writer's own, beside it
+        assert pathlib.Path(tmp).parent == tmp_path / "run" and pathlib.Path(tmp).name.startswith(f".{name}.{os.getpid()}.")
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["a.json", "b.md"]  # no probe or temp left
+
+
+def test_two_writers_of_one_file_do_not_take_each_others_temp(tmp_path):
+    """Every process of a job may update one shared memo (weight_digests.json): with one fixed
+    temp name, one writer's os.replace moved the other's temp away and it failed (seen as 2
+    processes). Each writer now has its own temp, and the file ends whole, one writer's."""
+    import threading
+
+    errors, barrier = [], threading.Barrier(8)
+
+    def write(i):
+        barrier.wait()
+        try:
+            for _ in range(20):
+                fileio.write_json(tmp_path / "memo.json", {"writer": i, "pad": "x" * 10000})
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert json.loads((tmp_path / "memo.json").read_text())["writer"] in range(8)
+    assert [p.name for p in tmp_path.iterdir()] == ["memo.json"]
 
 
 def test_bucket_writes_are_single_uploads(bucket):

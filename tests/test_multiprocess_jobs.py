@@ -5,10 +5,7 @@ a slice of the real data so each stays well under a minute. (train in frozen mod
 the fault test: test_multiprocess.py; the live-experts job: tests/experts/test_experts_job.py.)"""
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import pytest
 
@@ -21,18 +18,15 @@ from leeroo_jax.data.records import RecordStore
 from leeroo_jax.jobs import add_expert, baselines, selfplay, train
 from leeroo_jax.jobs.runs import load_run
 from slices import assert_close_trees, real_slice
+from subprocs import run_processes, why
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 PER_SPLIT = {"train": 64, "val": 16, "test": 16}
 
 
 def _two(port: int, *args) -> None:
     """`python -m MODULE ARGS` (or `python SCRIPT.py ARGS`) as 2 processes x 4 devices."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"PORT": str(port)}
-    run = [sys.executable, *args] if args[0].endswith(".py") else [sys.executable, "-m", *args]
-    proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", *run],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_processes(2, list(args), port)
+    assert proc.returncode == 0, why(proc)
 
 
 def _cfg(variant: str, root: pathlib.Path, data: list[str], **train_kw):
@@ -122,13 +116,11 @@ def test_a_cold_embedding_cache_is_filled_by_both_processes_sharing_the_work(tmp
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "weights").symlink_to(assets.cache_root() / "weights")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {
-        "PORT": "12402", "LEEROO_CACHE": str(cache), "LEEROO_COMPILE_CACHE": str(assets.cache_root() / "jax")}
-    proc = subprocess.run(["bash", "launch/local_multiprocess.sh", "2", sys.executable, "-m", "leeroo_jax.score",
-                           "--config=configs/tiny.py", "--config.job=baselines", "--config.eval.knn_ks=(5,)",
-                           f"--config.output_root={tmp_path / 'out'}", *data],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = {"LEEROO_CACHE": str(cache), "LEEROO_COMPILE_CACHE": str(assets.cache_root() / "jax")}
+    proc = run_processes(2, ["leeroo_jax.score", "--config=configs/tiny.py", "--config.job=baselines",
+                             "--config.eval.knn_ks=(5,)", f"--config.output_root={tmp_path / 'out'}", *data],
+                         12402, env)
+    assert proc.returncode == 0, why(proc)
     n = sum(PER_SPLIT.values())
     assert sorted(line.split(" texts")[0] for line in proc.stdout.splitlines() if line.startswith("embedded ")) == \
         [f"embedded {n // 2}"] * 2
