@@ -43,6 +43,13 @@ class Expert:
     checkpoint: str = ""  # flax: an HF directory, a hub id, or "smollm2" (the fetched real weights)
     recipe: str = ""  # flax: "mmlu_0shot", "mmlu_<k>shot" (letter log-likelihood) or "chat" (generate, parse)
     dtype: str = "float32"  # flax: compute dtype, float32 | bfloat16
+    # Serving (serving/backends.py): an OpenAI-compatible endpoint that answers as this expert
+    # (vLLM, Ollama, a cloud API), the environment variable holding its key, and the model name
+    # it knows the expert by (default: name). Without one, a flax expert is run here and a
+    # recorded expert cannot answer.
+    endpoint: str = ""
+    api_key_env: str = ""
+    endpoint_model: str = ""
 
     def __post_init__(self):
         if not self.name:
@@ -51,6 +58,9 @@ class Expert:
             raise ConfigError(f"pool: expert {self.name} has a negative or NaN price; prices are USD per 1M tokens")
         if self.backend not in BACKENDS:
             raise ConfigError(f"pool: expert {self.name} has backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"pool: expert {self.name} has endpoint {self.endpoint!r}; give its base URL, "
+                              "e.g. http://localhost:8000/v1")
         if self.live:
             if not self.checkpoint:
                 raise ConfigError(f"pool: live expert {self.name} names no checkpoint; set checkpoint to an HF "
@@ -162,10 +172,20 @@ class Pool:
         bank = by_subject(questions)
         out = np.empty((len(questions), len(self)), np.float64)
         for e, expert in enumerate(self.experts):
-            prompts = [recipe_prompt(expert, q, bank) for q in questions] if expert.live else texts
-            tokens = self._input_tokens(expert, prompts)
-            out[:, e] = (tokens * expert.input_price + expert.output_tokens * expert.output_price) / 1e6
+            out[:, e] = self._cost(expert, [recipe_prompt(expert, q, bank) for q in questions] if expert.live else texts)
         return out
+
+    def text_costs(self, texts: Sequence[str]) -> np.ndarray:
+        """cost[N, E] in USD of free-form queries (served requests): every expert is given the
+        text itself, and is priced for its `output_tokens`, as on the questions it was trained on."""
+        out = np.empty((len(texts), len(self)), np.float64)
+        for e, expert in enumerate(self.experts):
+            out[:, e] = self._cost(expert, texts)
+        return out
+
+    def _cost(self, expert: Expert, prompts: Sequence[str]) -> np.ndarray:
+        tokens = self._input_tokens(expert, prompts)
+        return (tokens * expert.input_price + expert.output_tokens * expert.output_price) / 1e6
 
 
 PRICE_COLUMNS = ("model", "input_price", "output_price")

@@ -62,12 +62,14 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0, multiple: int 
 
 
 def greedy_generate(
-    model: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int] = (), mesh=None
+    model: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int] = (), mesh=None,
+    pad_to: int = 8,
 ) -> list[list[int]]:
     """Greedy continuation of each prompt (token ids); stops a row at its first EOS (kept).
     mesh: the model's; the prompt rows split over its data axes (every process passes the same
-    prompts, feeds its rows, and gets every row back)."""
-    tokens, mask = left_pad(prompts)
+    prompts, feeds its rows, and gets every row back). pad_to: prompts are left-padded to a
+    multiple of it (a server passes its length bucket: one compiled program per bucket)."""
+    tokens, mask = left_pad(prompts, multiple=pad_to)
     if mesh is not None:
         tokens, mask = sharding.shard_global((tokens, mask), mesh)
     graphdef, state = nnx.split(model)

@@ -63,6 +63,20 @@ def neighbour_outcomes(query_vecs: np.ndarray, train_vecs: np.ndarray, outcome: 
     return out
 
 
+def nearest_subject(query_vecs: np.ndarray, train_vecs: np.ndarray, train_subjects: np.ndarray, k: int) -> np.ndarray:
+    """[N] the subject of a query that has none (free-form text): the one whose questions among
+    its k nearest TRAIN neighbours (cosine) have the largest summed similarity."""
+    q, tr = _unit(query_vecs), _unit(train_vecs)
+    k = min(k, len(tr))
+    sims = q @ tr.T  # [N, T]
+    nn = np.argpartition(-sims, kth=k - 1, axis=1)[:, :k]  # [N, k], unordered
+    out = np.empty(len(q), dtype=train_subjects.dtype)
+    for i in range(len(q)):
+        names, inverse = np.unique(train_subjects[nn[i]], return_inverse=True)
+        out[i] = names[np.argmax(np.bincount(inverse, weights=sims[i, nn[i]]))]  # ties: the first name
+    return out
+
+
 def subject_prior(query_subjects: np.ndarray, train_subjects: np.ndarray, outcome: np.ndarray, observed: np.ndarray,
                   strength: float = 20.0, self_index: np.ndarray | None = None) -> np.ndarray:
     """[N, E] float32: (hits_s + strength * acc_global) / (n_s + strength), hits_s and n_s over
