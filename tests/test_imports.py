@@ -12,9 +12,12 @@ ROOT = pathlib.Path(leeroo_jax.__file__).parent
 RANK = {"errors": 0, "fileio": 0, "distributed": 0, "sharding": 0, "data": 1, "models": 2, "weights": 3,
         "compile_cache": 4, "experts": 4, "orchestrator": 5, "training": 6, "eval": 7, "jobs": 8, "config": 9,
         "train": 10, "score": 10, "demo": 10, "selfplay": 10,
-        "planning": 8, "plan": 10}
+        "planning": 8, "plan": 10, "serving": 9, "serve": 10,
+        "__init__": 11}  # the package's `from leeroo_jax import Orchestrator` (lazy, below)
 # Lazy imports of an optional dependency's wrapper inside the same package (not a cycle dodge).
-ALLOWED_LOCAL = {("weights/assets.py", "leeroo_jax.weights.gguf")}
+# The package's lazy `Orchestrator` keeps `import leeroo_jax` light for entry points that never serve.
+ALLOWED_LOCAL = {("weights/assets.py", "leeroo_jax.weights.gguf"),
+                 ("__init__.py", "leeroo_jax.serving.api.Orchestrator")}
 
 
 def _unit(module: str) -> str:

@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from leeroo_jax.data.pool import Expert
 from leeroo_jax.errors import ConfigError
 from leeroo_jax.experts import generate
+from leeroo_jax.experts.live import check_decoder
 from leeroo_jax.models.decoder import Decoder
 from leeroo_jax.weights.loader import load
 
@@ -81,8 +82,6 @@ class LiveChat:
 
     @classmethod
     def load(cls, expert: Expert, mesh: Mesh | None = None, **kw) -> "LiveChat":
-        from leeroo_jax.experts.live import check_decoder
-
         loaded = load(check_decoder(expert), mesh, dtype=jnp.dtype(expert.dtype))
         if loaded.tokenizer is None:
             raise ConfigError(f"expert {expert.name}: {expert.checkpoint} ships no tokenizer; copy its tokenizer files next to the weights")

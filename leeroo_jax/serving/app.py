@@ -96,8 +96,9 @@ class Service:
         if chars > self.settings.max_prompt_chars:
             raise ApiError(413, f"the messages hold {chars} characters; this server takes at most "
                                 f"{self.settings.max_prompt_chars}", "prompt_too_long")
-        max_tokens = body.get("max_tokens", body.get("max_completion_tokens")) or self.settings.max_tokens
-        if not isinstance(max_tokens, int) or max_tokens < 1:
+        max_tokens = body.get("max_tokens", body.get("max_completion_tokens"))
+        max_tokens = self.settings.max_tokens if max_tokens is None else max_tokens
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise ApiError(400, f"max_tokens must be a positive integer, got {max_tokens!r}", "invalid_max_tokens")
         return spec, messages, min(max_tokens, self.settings.max_tokens), bool(body.get("stream", False))
 
@@ -146,6 +147,7 @@ def create_app(service: Service) -> FastAPI:
         yield
         await service.router.close()  # queued requests are answered, new ones refused
         await service.backends.aclose()
+        print("stopped: every accepted request was answered", flush=True)
 
     app = FastAPI(title="leeroo_jax", lifespan=lifespan)
     keys = [k.encode() for k in service.settings.api_keys]
