@@ -104,7 +104,8 @@ class LiveChat:
         b = next(x for x in self.batch_sizes if x >= len(prompts))
         t = next(x for x in self.lengths if x >= max(len(p) for p in prompts))
         rows = prompts + [prompts[-1]] * (b - len(prompts))
-        new = generate.greedy_generate(self.model, rows, self.max_new_tokens, self.eos, self.mesh, pad_to=t)
+        new = generate.greedy_generate(self.model, rows, self.max_new_tokens, self.eos, self.mesh, pad_to=t,
+                                       limit=max(int(m) for m in max_tokens))
         done = []
         for ids, limit, prompt in zip(new, max_tokens, prompts):
             limit = min(int(limit), self.max_new_tokens)
@@ -120,7 +121,7 @@ class LiveChat:
         for b in self.batch_sizes:
             for t in self.lengths:
                 generate.greedy_generate(self.model, [[self.pad_id] * t] * b, self.max_new_tokens, self.eos, self.mesh,
-                                         pad_to=t)
+                                         pad_to=t, limit=1)  # the program every limit runs, one step of it
         return len(self.batch_sizes) * len(self.lengths)
 
 

@@ -20,7 +20,9 @@ from leeroo_jax.models.decoder import Decoder, KVCache
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _generate(graphdef, state, tokens_bt, mask_bt, max_new_tokens: int, eos_ids: tuple[int, ...]):
+def _generate(graphdef, state, tokens_bt, mask_bt, max_new_tokens: int, eos_ids: tuple[int, ...], limit):
+    """limit (traced, <= max_new_tokens): the steps this call may take; the buffers are sized by
+    the static max_new_tokens, so a batch asking fewer tokens stops early without a recompile."""
     model: Decoder = nnx.merge(graphdef, state)
     b, t = tokens_bt.shape
     cache = KVCache.zeros(model.cfg, b, t + max_new_tokens, model.dtype)
@@ -32,7 +34,7 @@ def _generate(graphdef, state, tokens_bt, mask_bt, max_new_tokens: int, eos_ids:
 
     def cond(carry):
         step, _, _, _, done, _ = carry
-        return (step < max_new_tokens) & ~jnp.all(done)
+        return (step < jnp.minimum(limit, max_new_tokens)) & ~jnp.all(done)
 
     def body(carry):
         step, tok, pos, cache, done, generated = carry
@@ -63,18 +65,20 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int = 0, multiple: int 
 
 def greedy_generate(
     model: Decoder, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos_ids: Sequence[int] = (), mesh=None,
-    pad_to: int = 8,
+    pad_to: int = 8, limit: int | None = None,
 ) -> list[list[int]]:
     """Greedy continuation of each prompt (token ids); stops a row at its first EOS (kept).
     mesh: the model's; the prompt rows split over its data axes (every process passes the same
     prompts, feeds its rows, and gets every row back). pad_to: prompts are left-padded to a
-    multiple of it (a server passes its length bucket: one compiled program per bucket)."""
+    multiple of it (a server passes its length bucket: one compiled program per bucket).
+    limit: at most this many new tokens this call (default max_new_tokens), same program."""
     tokens, mask = left_pad(prompts, multiple=pad_to)
     if mesh is not None:
         tokens, mask = sharding.shard_global((tokens, mask), mesh)
     graphdef, state = nnx.split(model)
+    limit = max_new_tokens if limit is None else min(int(limit), max_new_tokens)
     out = sharding.gather(_generate(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), max_new_tokens,
-                                    tuple(eos_ids)))
+                                    tuple(eos_ids), jnp.int32(limit)))
     return [[int(x) for x in row if x >= 0] for row in out]
 
 

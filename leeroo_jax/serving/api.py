@@ -90,6 +90,14 @@ class Orchestrator:
         """Load a finished training run once (its best checkpoint, calibration and data)."""
         return cls(load_run(run_dir, records=records, mesh=mesh), backends, batch_sizes)
 
+    def warmup(self) -> int:
+        """Compile every program a request can need: the scoring shapes and the VAL calibration
+        behind cost1k budgets (each new cost1k value then only runs it). Returns the shapes."""
+        n = self.scorer.warmup()
+        lo, hi = calibrate.feasible_range(self.run.data.cost[self.run.data.rows("val")], self.available)
+        self._calibrated((lo + hi) / 2)
+        return n
+
     # --- budgets -------------------------------------------------------------------------------
 
     def budget(self, spec: str | BudgetSpec) -> select.Budget:

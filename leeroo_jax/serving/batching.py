@@ -28,15 +28,17 @@ class Batcher:
         self.fn, self.max_batch, self.max_wait_s, self.on_batch = fn, max_batch, max_wait_s, on_batch
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="batcher")
         self._closed = False
 
     async def submit(self, item) -> Any:
         if self._closed:
             raise ShuttingDown("the server is shutting down")
-        if self._task is None:  # started on first use, inside the server's event loop
-            self._queue = asyncio.Queue()
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._loop is not loop:  # started on first use in each event loop (a
+            self._loop, self._queue = loop, asyncio.Queue()  # server has one; each get_response() call its own)
+            self._task = loop.create_task(self._run())
         future = asyncio.get_running_loop().create_future()
         await self._queue.put((item, future))
         return await future

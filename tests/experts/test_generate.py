@@ -29,6 +29,10 @@ def test_greedy_generate_matches_transformers_with_ragged_prompts(tmp_path):
         want = torch_model.generate(torch.tensor([prompt]), max_new_tokens=8, do_sample=False,
                                     pad_token_id=0)[0, len(prompt):].tolist()
         assert row == want
+    # a server's call: prompts left-padded to its length bucket, and fewer steps than the buffers
+    # hold (limit: same program); the tokens are transformers' first 3
+    short = greedy_generate(ours.model, prompts, max_new_tokens=8, pad_to=16, limit=3)
+    assert short == [row[:3] for row in got]
 
 
 def test_cached_decoding_equals_full_forward(tmp_path):

@@ -130,3 +130,44 @@ def test_budgets_no_routing_can_meet_are_one_line_errors(orch):
     with pytest.raises(BadBudget, match="below the cheapest routing"):
         orch.route([text], budget="leeroo-cost1k-0.000001")
     assert orch.route([text], budget="leeroo-cost1k-1000")[0].expert == orch.route([text], "leeroo-lambda-0")[0].expert
+
+
+def test_after_warmup_no_request_pays_a_compile(orch, caplog):
+    """Every batch bucket, every budget kind (a new cost1k value too), 1 to 70 queries: nothing
+    is compiled once `warmup` ran (jax logs each compilation with jax_log_compiles)."""
+    import jax
+
+    orch.warmup()
+    texts = ["Which planet has the most moons?", "What is the derivative of x^3 with respect to x?"] * 35
+    with jax.log_compiles(True), caplog.at_level("WARNING"):
+        for n in (1, 3, 9, 17, 70):
+            for budget in ("leeroo-cap-1e-4", "leeroo-lambda-0.5", "leeroo-quality-0.7", f"leeroo-cost1k-{0.2 + n / 100}"):
+                orch.route(texts[:n], budget=budget)
+    compiled = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+    assert not compiled, compiled[:3]
+
+
+def test_get_response_asks_the_chosen_expert_and_falls_back_when_it_fails(orch, smollm2_path):
+    """Llama-3-8B behind a port nothing listens on, Mistral-7B played by the live SmolLM2 (in
+    this process, batched): the cap picks Llama, it fails, Mistral answers under the same cap."""
+    import socket
+
+    from leeroo_jax.data.pool import Expert
+    from leeroo_jax.experts.chat import LiveChat
+    from leeroo_jax.experts.remote import RemoteExpert
+    from leeroo_jax.serving.backends import LiveBackend
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # closed again: connections are refused
+    chat = LiveChat.load(Expert("smollm2", 0, 0, backend="flax", checkpoint="smollm2", recipe="chat"),
+                         batch_sizes=(1,), lengths=(64,), max_new_tokens=12)
+    live = Orchestrator(orch.run, {LLAMA3: RemoteExpert(LLAMA3, f"http://127.0.0.1:{dead}/v1", timeout_s=5),
+                                   "mistralai/Mistral-7B-v0.1": LiveBackend(chat)})
+    for _ in range(2):  # each call runs its own event loop: the batcher and clients follow it
+        r = live.get_response("What is the capital of France?", budget="leeroo-cap-1e-5", max_tokens=12)
+        assert r.routing.expert == LLAMA3 and r.failed == (LLAMA3,) and r.expert == "mistralai/Mistral-7B-v0.1"
+        assert "Paris" in r.text and 0 < r.completion.completion_tokens <= 12
+        price = next(e for e in MMLU_9 if e["name"] == r.expert)
+        want = (r.completion.prompt_tokens * price["input_price"] + r.completion.completion_tokens * price["output_price"]) / 1e6
+        assert r.cost_usd == pytest.approx(want, rel=1e-12)
