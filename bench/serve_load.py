@@ -50,7 +50,7 @@ def _port() -> int:
 def start(checkpoint: str, max_batch: int, log: str) -> tuple[subprocess.Popen, str]:
     port = _port()
     proc = subprocess.Popen([sys.executable, "-m", "leeroo_jax.serve", f"--checkpoint={checkpoint}", f"--port={port}",
-                             f"--max-batch={max_batch}", "--max-wait-ms=5", "--no-live"],
+                             f"--max-batch={max_batch}", "--max-wait-ms=5", "--route-only"],
                             cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     end = time.time() + 600
@@ -139,9 +139,9 @@ def main() -> None:
     minilm = load_weights(assets.minilm_dir())
     cfg = json.load(open(os.path.join(args.checkpoint, "config.json")))
     max_len = int(cfg["backbone"]["max_length"])
-    tokens = [min(len(t), max_len) for t in minilm.tokenizer(texts)["input_ids"]]
+    tokens = [min(len(t), max_len) for t in minilm.tokenizer(texts, truncation=True, max_length=max_len)["input_ids"]]
     hidden, inter = minilm.config.hidden_size, minilm.config.intermediate_size
-    args.layer_params = minilm.config.num_hidden_layers * (4 * hidden * hidden + 2 * hidden * inter)
+    args.layer_params = minilm.config.num_layers * (4 * hidden * hidden + 2 * hidden * inter)
     print(f"context: cpus={os.cpu_count()}; {len(texts)} TEST questions, mean {np.mean(tokens):.0f} tokens "
           f"(max {max_len}); {args.clients} clients x {args.seconds:.0f} s per side", flush=True)
     ceiling = common.Ceiling()

@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
+def unit(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm, float32 (cosine similarity is then a dot product)."""
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -37,10 +38,12 @@ def _self(self_index: np.ndarray | None, n: int) -> np.ndarray:
 
 
 def neighbour_outcomes(query_vecs: np.ndarray, train_vecs: np.ndarray, outcome: np.ndarray, observed: np.ndarray,
-                       ks: tuple[int, ...], self_index: np.ndarray | None = None, batch: int = 1024) -> np.ndarray:
+                       ks: tuple[int, ...], self_index: np.ndarray | None = None, batch: int = 1024,
+                       train_unit: bool = False) -> np.ndarray:
     """[N, len(ks) * E] float32: per k (k-major), each expert's mean outcome over the k nearest
-    TRAIN neighbours that observed it (its global TRAIN accuracy where none did)."""
-    q, tr = _unit(query_vecs), _unit(train_vecs)
+    TRAIN neighbours that observed it (its global TRAIN accuracy where none did). train_unit:
+    train_vecs are unit-norm already (a server normalises them once, not per request)."""
+    q, tr = unit(query_vecs), (train_vecs if train_unit else unit(train_vecs))
     obs = observed.astype(np.float32)
     hit = (outcome * observed).astype(np.float32)
     glob = global_accuracy(hit, obs)
@@ -63,10 +66,11 @@ def neighbour_outcomes(query_vecs: np.ndarray, train_vecs: np.ndarray, outcome: 
     return out
 
 
-def nearest_subject(query_vecs: np.ndarray, train_vecs: np.ndarray, train_subjects: np.ndarray, k: int) -> np.ndarray:
+def nearest_subject(query_vecs: np.ndarray, train_vecs: np.ndarray, train_subjects: np.ndarray, k: int,
+                    train_unit: bool = False) -> np.ndarray:
     """[N] the subject of a query that has none (free-form text): the one whose questions among
     its k nearest TRAIN neighbours (cosine) have the largest summed similarity."""
-    q, tr = _unit(query_vecs), _unit(train_vecs)
+    q, tr = unit(query_vecs), (train_vecs if train_unit else unit(train_vecs))
     k = min(k, len(tr))
     sims = q @ tr.T  # [N, T]
     nn = np.argpartition(-sims, kth=k - 1, axis=1)[:, :k]  # [N, k], unordered
@@ -100,12 +104,13 @@ def subject_prior(query_subjects: np.ndarray, train_subjects: np.ndarray, outcom
 
 def side_features(query_vecs: np.ndarray, query_subjects: np.ndarray, train_vecs: np.ndarray,
                   train_subjects: np.ndarray, outcome: np.ndarray, observed: np.ndarray, ks: tuple[int, ...],
-                  prior: bool, strength: float, self_index: np.ndarray | None = None) -> np.ndarray:
+                  prior: bool, strength: float, self_index: np.ndarray | None = None,
+                  train_unit: bool = False) -> np.ndarray:
     """[N, E, P] float32 side features of the head: one [N, E] slice per k, then the prior."""
     e = outcome.shape[1]
     cols = []
     if ks:
-        knn = neighbour_outcomes(query_vecs, train_vecs, outcome, observed, ks, self_index)
+        knn = neighbour_outcomes(query_vecs, train_vecs, outcome, observed, ks, self_index, train_unit=train_unit)
         cols += [knn[:, i * e:(i + 1) * e] for i in range(len(ks))]
     if prior:
         cols.append(subject_prior(query_subjects, train_subjects, outcome, observed, strength, self_index))

@@ -72,7 +72,7 @@ class Orchestrator:
     """A run's router with the experts that can answer (`backends`, by expert name)."""
 
     def __init__(self, run: Run, backends: Mapping[str, ChatBackend] | None = None,
-                 batch_sizes: Sequence[int] = (1, 4, 16, 64)):
+                 batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64)):
         self.run, self.pool = run, run.data.pool
         self.names = list(self.pool.names)
         self.scorer = Scorer(run, batch_sizes)
@@ -86,7 +86,7 @@ class Orchestrator:
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, backends: Mapping[str, ChatBackend] | None = None, *,
-                 mesh: dict | None = None, records: str = "", batch_sizes: Sequence[int] = (1, 4, 16, 64)):
+                 mesh: dict | None = None, records: str = "", batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64)):
         """Load a finished training run once (its best checkpoint, calibration and data)."""
         return cls(load_run(run_dir, records=records, mesh=mesh), backends, batch_sizes)
 

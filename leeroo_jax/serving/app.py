@@ -209,6 +209,8 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
+        if not service.backends.by_expert:
+            raise ApiError(404, "this server routes only (--route-only): POST /v1/route", "not_found")
         spec, messages, max_tokens, stream = service.parse(await request.body())
         routing = await service.route(spec, messages)
         if stream:

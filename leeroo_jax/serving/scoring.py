@@ -27,7 +27,6 @@ from leeroo_jax import sharding
 from leeroo_jax.jobs.runs import Run, scoring_model
 from leeroo_jax.orchestrator import features, pcal, select
 from leeroo_jax.orchestrator.model import Orchestrator as OrchestratorModel
-from leeroo_jax.training.trainer import side_features
 from leeroo_jax.weights import assets
 from leeroo_jax.weights.loader import load
 
@@ -58,7 +57,7 @@ def length_buckets(max_length: int) -> tuple[int, ...]:
 class Scorer:
     """A restored run's scoring path with every (batch, length) shape compiled by `warmup`."""
 
-    def __init__(self, run: Run, batch_sizes: Sequence[int] = (1, 4, 16, 64)):
+    def __init__(self, run: Run, batch_sizes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64)):
         self.run = run
         self.mesh = run.trainer.mesh
         n_data = self.mesh.shape["data"] * self.mesh.shape["fsdp"]  # a batch splits over these
@@ -72,8 +71,9 @@ class Scorer:
             cfg = run.cfg.backbone
             pre = OrchestratorModel(model.head, load(assets.backbone_path(cfg.path), self.mesh).model, cfg.pooling)
             self._pretrained = nnx.split(pre)
-        tr = run.data.rows("train")
-        self._train_vecs, self._train_subjects = run.data.vecs[tr], run.data.subjects[tr]
+        d, tr = run.data, run.data.rows("train")  # the kNN index: TRAIN questions and their records
+        self._train_unit = features.unit(d.vecs[tr])
+        self._train_subjects, self._train_outcome, self._train_observed = d.subjects[tr], d.outcome[tr], d.observed[tr]
 
     def _bucket(self, n: int) -> int:
         return next((b for b in self.batch_sizes if b >= n), self.batch_sizes[-1])
@@ -85,28 +85,51 @@ class Scorer:
         """idx padded to its batch bucket with copies of its last row."""
         return np.concatenate([idx, np.full(self._bucket(len(idx)) - len(idx), idx[-1])])
 
+    def _groups(self, lengths: np.ndarray) -> list[tuple[np.ndarray, int]]:
+        """(row indices, T) per call: rows grouped by length bucket, each group cut to the largest
+        batch bucket, so no row is padded past twice its length nor a batch past twice its rows."""
+        bucket = np.array([self._length(int(n)) for n in lengths])
+        top = self.batch_sizes[-1]
+        return [(idx[s:s + top], t) for t in self.lengths for idx in [np.flatnonzero(bucket == t)]
+                for s in range(0, len(idx), top)]
+
+    def _side(self, vecs: np.ndarray, subjects: np.ndarray) -> np.ndarray:
+        """[N, E, P] side features over the TRAIN records (trainer.side_features, with the TRAIN
+        arrays cut and normalised once at start-up rather than per request)."""
+        cfg = self.run.cfg
+        return features.side_features(vecs, subjects, self._train_unit, self._train_subjects, self._train_outcome,
+                                      self._train_observed, tuple(int(k) for k in cfg.train.side_knn),
+                                      bool(cfg.train.side_prior), float(cfg.eval.subject_strength), train_unit=True)
+
     def p(self, texts: Sequence[str], subjects: Sequence[str | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(calibrated p [N, E], the subject [N] each text was scored under). A text's subject
-        (None: voted by its TRAIN neighbours) picks its subject-prior feature."""
-        n, d = len(texts), self.run.data
-        given = list(subjects) if subjects is not None else [None] * n
+        (None: voted by its TRAIN neighbours) picks its subject-prior feature.
+
+        The backbone runs per length group (all dispatched before any is read back); the host
+        kNN and the head then run once over the whole batch."""
+        n = len(texts)
         table = self.bb.token_table(texts)
-        p, subj = np.empty((n, len(d.pool)), np.float32), np.empty(n, object)
+        dim = self._train_unit.shape[1]
+        q, vec, pending = np.empty((n, dim), np.float32), np.empty((n, dim), np.float32), []
+        with jax.set_mesh(self.mesh):
+            for idx, t in self._groups(table.lengths):
+                rows = self._padded(idx)
+                tokens, mask = sharding.shard_batch(table.pack(rows, length=t), self.mesh, len(rows))
+                qg = _embed(*self._model, tokens, mask)
+                pending.append((idx, qg, qg if self._pretrained is None else _embed(*self._pretrained, tokens, mask)))
+            for idx, qg, vg in pending:
+                q[idx], vec[idx] = sharding.gather(qg)[: len(idx)], sharding.gather(vg)[: len(idx)]
+        voted = features.nearest_subject(vec, self._train_unit, self._train_subjects, SUBJECT_K, train_unit=True)
+        subj = np.array([s or v for s, v in zip(subjects if subjects is not None else [None] * n, voted)], object)
+        side = self._side(vec, subj)
+        p = np.empty((n, len(self.run.data.pool)), np.float32)
         top = self.batch_sizes[-1]
-        for s in range(0, n, top):
-            idx = np.arange(s, min(s + top, n))
-            rows = self._padded(idx)
-            b = len(rows)
-            tokens, mask = table.pack(rows, length=self._length(int(table.lengths[idx].max())))
-            with jax.set_mesh(self.mesh):
-                q = _embed(*self._model, *sharding.shard_batch((tokens, mask), self.mesh, b))
-                vec = q if self._pretrained is None else _embed(*self._pretrained, *sharding.shard_batch((tokens, mask), self.mesh, b))
-                vec = sharding.gather(vec)  # [b, D] for the host-side kNN
-                voted = features.nearest_subject(vec, self._train_vecs, self._train_subjects, SUBJECT_K)
-                subj[idx] = [given[i] or voted[k] for k, i in enumerate(idx)]
-                side = side_features(self.run.cfg, d, vec, subj[rows])
-                pb = _p(*self._head, q, sharding.shard_batch(side, self.mesh, b), self.run.calibration)
-            p[idx] = sharding.gather(pb)[: len(idx)]
+        with jax.set_mesh(self.mesh):
+            for s in range(0, n, top):
+                idx = np.arange(s, min(s + top, n))
+                rows = self._padded(idx)
+                qb, sb = sharding.shard_batch((q[rows], side[rows]), self.mesh, len(rows))
+                p[idx] = sharding.gather(_p(*self._head, qb, sb, self.run.calibration))[: len(idx)]
         return p, subj.astype(str)
 
     def select(self, p: np.ndarray, cost: np.ndarray, available: np.ndarray, budget: select.Budget) -> np.ndarray:

@@ -29,6 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--api-keys-file", "--api_keys_file", default="", help=f"one key a line (or ${KEYS_ENV}=k1,k2)")
     p.add_argument("--endpoints", default="", help="JSON file: expert name -> {base_url, api_key_env, model}")
     p.add_argument("--no-live", action="store_true", help="do not run the pool's flax experts here")
+    p.add_argument("--route-only", action="store_true",
+                   help="route among every expert of the pool and call none: only /v1/route answers (load tests, dry runs)")
     p.add_argument("--records", default="", help="a local record store for a run kept in a bucket")
     p.add_argument("--max-batch", type=int, default=64, help="routing requests scored in one batch at most")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
@@ -65,29 +67,38 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def _one_expert(args) -> backends_lib.Backends:
+    """--expert: one live model answering as itself (an endpoint for other servers)."""
+    name = args.name or pathlib.Path(args.expert).name
+    chat = LiveChat.load(Expert(name, 0.0, 0.0, backend="flax", checkpoint=args.expert, recipe="chat"), **_chat_kw(args))
+    return backends_lib.Backends({name: backends_lib.LiveBackend(chat)}, [], {name: "live (flax)"})
+
+
+def _router(args) -> tuple[Orchestrator, backends_lib.Backends]:
+    """--checkpoint: the run's router and the experts that can answer (none with --route-only)."""
+    run = load_run(args.checkpoint, records=args.records)
+    sizes = [1 << k for k in range(12) if 1 << k < args.max_batch] + [args.max_batch]  # powers of two
+    if args.route_only:
+        _say(f"route only: {len(run.data.pool)} experts, none called")
+        return Orchestrator(run, None, sizes), backends_lib.Backends({}, [], {})
+    endpoints = backends_lib.read_endpoints(args.endpoints, run.data.pool) if args.endpoints else {}
+    backends = backends_lib.build(run.data.pool, endpoints, None, not args.no_live, args.expert_timeout_s,
+                                  args.max_wait_ms / 1000, _chat_kw(args))
+    if not backends.by_expert:
+        raise ConfigError(f"no expert of {args.checkpoint} can answer: all are recorded-only "
+                          f"({', '.join(backends.excluded)}); map them to endpoints with --endpoints, add live "
+                          "experts (make serve does), or pass --route-only")
+    return Orchestrator(run, backends.by_expert, sizes), backends
+
+
 def build(args) -> Service:
     """The service, saying what answers, what is excluded and what was compiled as it goes."""
     settings = Settings(api_keys(args.api_keys_file), args.max_batch, args.max_wait_ms, args.max_prompt_chars,
                         args.max_tokens, args.request_timeout_s)
     t0 = time.perf_counter()
-    if args.expert:
-        name = args.name or pathlib.Path(args.expert).name
-        chat = LiveChat.load(Expert(name, 0.0, 0.0, backend="flax", checkpoint=args.expert, recipe="chat"),
-                             **_chat_kw(args))
-        backends = backends_lib.Backends({name: backends_lib.LiveBackend(chat)}, [], {name: "live (flax)"})
-        orch = None
-    else:
-        run = load_run(args.checkpoint, records=args.records)
-        endpoints = backends_lib.read_endpoints(args.endpoints, run.data.pool) if args.endpoints else {}
-        backends = backends_lib.build(run.data.pool, endpoints, None, not args.no_live, args.expert_timeout_s,
-                                      args.max_wait_ms / 1000, _chat_kw(args))
-        if not backends.by_expert:
-            raise ConfigError(f"no expert of {args.checkpoint} can answer: all are recorded-only "
-                              f"({', '.join(backends.excluded)}); map them to endpoints with --endpoints, or add "
-                              "live experts (make serve does)")
-        sizes = [b for b in (1, 4, 16, 64, 256) if b < args.max_batch] + [args.max_batch]
-        orch = Orchestrator(run, backends.by_expert, sizes)
-    _say("experts: " + "; ".join(f"{n} ({k})" for n, k in backends.kinds.items()))
+    orch, backends = (None, _one_expert(args)) if args.expert else _router(args)
+    if backends.kinds:
+        _say("experts: " + "; ".join(f"{n} ({k})" for n, k in backends.kinds.items()))
     if backends.excluded:
         _say(f"excluded (recorded only, no endpoint): {', '.join(backends.excluded)}")
     if not args.no_warmup:
