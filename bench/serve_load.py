@@ -47,10 +47,10 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def start(checkpoint: str, max_batch: int, log: str) -> tuple[subprocess.Popen, str]:
+def start(checkpoint: str, max_batch: int, log: str, max_wait_ms: float = 5.0) -> tuple[subprocess.Popen, str]:
     port = _port()
     proc = subprocess.Popen([sys.executable, "-m", "leeroo_jax.serve", f"--checkpoint={checkpoint}", f"--port={port}",
-                             f"--max-batch={max_batch}", "--max-wait-ms=5", "--route-only"],
+                             f"--max-batch={max_batch}", f"--max-wait-ms={max_wait_ms}", "--route-only"],
                             cwd=ROOT, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     end = time.time() + 600
@@ -95,7 +95,7 @@ async def load(url: str, texts: list[str], clients: int, seconds: float) -> tupl
 
 
 def side(name: str, checkpoint: str, max_batch: int, texts, tokens, args, ceiling) -> float:
-    proc, url = start(checkpoint, max_batch, f"/tmp/serve_load_{name}.log")
+    proc, url = start(checkpoint, max_batch, f"/tmp/serve_load_{max_batch}.log", args.max_wait_ms)
     try:
         asyncio.run(load(url, texts, args.clients, 2.0))  # a short warm-up load (not counted)
         before = _batches(url)
@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--n", type=int, default=2000, help="distinct TEST questions cycled through")
+    ap.add_argument("--max-wait-ms", type=float, default=5.0, help="the batching window (both sides)")
     args = ap.parse_args()
     if not os.path.isdir(os.path.join(args.checkpoint, "ckpt")):
         sys.exit(f"{args.checkpoint} is not a trained run: run `make run` first")
@@ -147,7 +148,7 @@ def main() -> None:
     ceiling = common.Ceiling()
     ceiling.jax = common.jax_matmul_gflops(repeats=5)
     print(f"context: f32 matmul 2048^2: jax {ceiling.jax:.0f} GFLOP/s", flush=True)
-    ours = side("dynamic batching (max 64, 5 ms)", args.checkpoint, 64, texts, tokens, args, ceiling)
+    ours = side(f"dynamic batching (max 64, {args.max_wait_ms:g} ms)", args.checkpoint, 64, texts, tokens, args, ceiling)
     base = side("batch size 1", args.checkpoint, 1, texts, tokens, args, ceiling)
     print(f"RESULT name=serve_route_rps ours={ours:.1f} baseline={base:.1f} unit=requests/s ratio={ours / base:.2f}",
           flush=True)
