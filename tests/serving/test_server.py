@@ -9,13 +9,9 @@ Tests run in file order: the last ones stop the expert server, then the router.
 
 import concurrent.futures
 import json
-import os
-import pathlib
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -24,17 +20,11 @@ import pytest
 from openai import OpenAI
 
 from leeroo_jax.serving import budgets
+from servers import free_port, ready, start, stop
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 KEY = "sk-test-7f3a9c"  # a made-up key: it must never show up in /metrics or a log line
 GPT4, LLAMA3, MISTRAL = "gpt-4-1106-preview", "meta-llama/Meta-Llama-3-8B", "mistralai/Mistral-7B-v0.1"
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Silent:
@@ -53,43 +43,24 @@ class Silent:
                 return
 
 
-def _start(args: list[str], port: int, log: pathlib.Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a server has
-    return subprocess.Popen([sys.executable, "-m", "leeroo_jax.serve", f"--port={port}", *args], cwd=ROOT, env=env,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
-
-
-def _ready(proc: subprocess.Popen, port: int, log: pathlib.Path, deadline_s: float = 300) -> None:
-    end = time.time() + deadline_s
-    while time.time() < end:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    pytest.fail(f"server not ready in {deadline_s} s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def servers(tiny_run, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve")
     silent = Silent()
-    p_expert, p_router = _free_port(), _free_port()
+    p_expert, p_router = free_port(), free_port()
     (tmp / "endpoints.json").write_text(json.dumps({
         LLAMA3: {"base_url": f"http://127.0.0.1:{p_expert}/v1", "model": "smollm2"},
         MISTRAL: {"base_url": f"http://127.0.0.1:{p_expert}/v1", "model": "smollm2"},
         GPT4: {"base_url": f"http://127.0.0.1:{silent.port}/v1", "api_key_env": "OPENAI_API_KEY"}}))
     (tmp / "keys").write_text(f"{KEY}\nsecond-key\n")
-    expert = _start(["--expert=smollm2", "--chat-batch=2", "--chat-max-length=128", "--max-tokens=12"], p_expert,
+    expert = start(["--expert=smollm2", "--chat-batch=2", "--chat-max-length=128", "--max-tokens=12"], p_expert,
                     tmp / "expert.log")
-    router = _start([f"--checkpoint={tiny_run}", f"--endpoints={tmp / 'endpoints.json'}", f"--api-keys-file={tmp / 'keys'}",
+    router = start([f"--checkpoint={tiny_run}", f"--endpoints={tmp / 'endpoints.json'}", f"--api-keys-file={tmp / 'keys'}",
                      "--max-tokens=12", "--max-prompt-chars=2000", "--expert-timeout-s=3", "--max-batch=16",
                      "--max-wait-ms=50"], p_router, tmp / "router.log")
     try:
-        _ready(expert, p_expert, tmp / "expert.log")
-        _ready(router, p_router, tmp / "router.log")
+        ready(expert, p_expert, tmp / "expert.log")
+        ready(router, p_router, tmp / "router.log")
         yield {"router": router, "expert": expert, "url": f"http://127.0.0.1:{p_router}", "tmp": tmp,
                "expert_url": f"http://127.0.0.1:{p_expert}"}
     finally:
@@ -199,7 +170,7 @@ def _batches(servers) -> tuple[float, float]:
 
 
 def test_with_every_affordable_expert_down_the_answer_is_a_502(servers):
-    _stop(servers["expert"], servers["tmp"] / "expert.log")
+    stop(servers["expert"], servers["tmp"] / "expert.log")
     r = _post(servers, "/v1/chat/completions", {"model": "leeroo-cap-1e-5", "messages": CHAT})
     assert set(r.json()["error"]["message"].split("failed: ")[1].rstrip(")").split(", ")) == {LLAMA3, MISTRAL}
     _error(r, 502, "upstream_unavailable")
@@ -216,14 +187,5 @@ def test_shutdown_with_requests_in_flight_answers_each_and_exits(servers):
         servers["router"].send_signal(signal.SIGTERM)
         codes = [f.result().status_code for f in futures]
     assert codes == [502] * 6
-    _stop(servers["router"], servers["tmp"] / "router.log", signalled=True)
+    stop(servers["router"], servers["tmp"] / "router.log", signalled=True)
     assert time.time() - t0 < 40
-
-
-def _stop(proc: subprocess.Popen, log: pathlib.Path, signalled: bool = False) -> None:
-    """SIGTERM ends a server gracefully: uvicorn finishes the requests in flight, the app closes
-    its batches and clients, then uvicorn re-raises the signal (exit status -SIGTERM)."""
-    if not signalled:
-        proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=40) in (0, -signal.SIGTERM)
-    assert "stopped: every accepted request was answered" in log.read_text()
