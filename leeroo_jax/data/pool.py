@@ -76,6 +76,11 @@ class Expert:
     def live(self) -> bool:
         return self.backend == "flax"
 
+    def usd(self, input_tokens, output_tokens):
+        """Cost at list price, USD (numbers or arrays): what a query is estimated at and what an
+        answer is charged."""
+        return (input_tokens * self.input_price + output_tokens * self.output_price) / 1e6
+
 
 BACKENDS = ("recorded", "flax")
 
@@ -184,8 +189,7 @@ class Pool:
         return out
 
     def _cost(self, expert: Expert, prompts: Sequence[str]) -> np.ndarray:
-        tokens = self._input_tokens(expert, prompts)
-        return (tokens * expert.input_price + expert.output_tokens * expert.output_price) / 1e6
+        return expert.usd(self._input_tokens(expert, prompts), expert.output_tokens)
 
 
 PRICE_COLUMNS = ("model", "input_price", "output_price")

@@ -87,10 +87,6 @@ class LiveChat:
             raise ConfigError(f"expert {expert.name}: {expert.checkpoint} ships no tokenizer; copy its tokenizer files next to the weights")
         return cls(expert.name, loaded.model, loaded.tokenizer, mesh, **kw)
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-
     def reply(self, chats: Sequence[list[dict]], max_tokens: Sequence[int]) -> list[Completion]:
         """Greedy answers of chats, in batches of the largest bucket at most."""
         out: list[Completion] = []
@@ -100,7 +96,7 @@ class LiveChat:
         return out
 
     def _batch(self, chats, max_tokens) -> list[Completion]:
-        prompts = [self.prompt_ids(m)[-self.lengths[-1]:] for m in chats]  # too long: keep the end
+        prompts = [generate.chat_ids(self.tokenizer, m)[-self.lengths[-1]:] for m in chats]  # too long: keep the end
         b = next(x for x in self.batch_sizes if x >= len(prompts))
         t = next(x for x in self.lengths if x >= max(len(p) for p in prompts))
         rows = prompts + [prompts[-1]] * (b - len(prompts))

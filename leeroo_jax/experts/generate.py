@@ -82,13 +82,16 @@ def greedy_generate(
     return [[int(x) for x in row if x >= 0] for row in out]
 
 
+def chat_ids(tokenizer, messages: Sequence[dict]) -> list[int]:
+    """Token ids of a chat through the tokenizer's chat template, ready for the assistant's turn
+    (transformers returns a list, or an encoding with input_ids, by tokenizer)."""
+    ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=True)
+    return list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+
+
 def chat_generate(model: Decoder, tokenizer, messages: Sequence[str], max_new_tokens: int = 32) -> list[str]:
     """Greedy replies to single-turn user messages, through the tokenizer's chat template."""
-    prompts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": m}], add_generation_prompt=True, tokenize=True)
-        for m in messages
-    ]
-    prompts = [p["input_ids"] if isinstance(p, dict) or hasattr(p, "keys") else p for p in prompts]
+    prompts = [chat_ids(tokenizer, [{"role": "user", "content": m}]) for m in messages]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     outs = greedy_generate(model, prompts, max_new_tokens, eos)
     return [tokenizer.decode(o, skip_special_tokens=True).strip() for o in outs]

@@ -115,9 +115,7 @@ class LiveExpert:
     def prompt_ids(self, questions: Sequence[Question]) -> list[list[int]]:
         """Token ids of each question's whole prompt: exactly what the model reads."""
         if self.kind == "chat":
-            ids = [self.tokenizer.apply_chat_template([{"role": "user", "content": chat_message(q)}],
-                                                      add_generation_prompt=True, tokenize=True) for q in questions]
-            return [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in ids]
+            return [generate.chat_ids(self.tokenizer, [{"role": "user", "content": chat_message(q)}]) for q in questions]
         texts = [prompt(q, self._exemplars(q)) for q in questions]
         return [list(x) for x in self.tokenizer(texts)["input_ids"]]
 

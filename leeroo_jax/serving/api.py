@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 from typing import Mapping, Sequence
 
@@ -126,7 +127,12 @@ class Orchestrator:
                             f"({lo * 1e3:.4g}: {cheap} on every VAL query); use {budgets.PREFIX}-cost1k-{lo * 1e3:.4g} or more")
         if target >= hi:
             return select.Budget.tradeoff(0.0)
-        return calibrate.calibrate(self.run.predict(val), cost, target, "tradeoff", self.available).budget()
+        return calibrate.calibrate(self._val_p, cost, target, "tradeoff", self.available).budget()
+
+    @functools.cached_property
+    def _val_p(self) -> np.ndarray:
+        """The run's calibrated p [N_val, E] on VAL: predicted once, for every cost1k target."""
+        return self.run.predict(self.run.data.rows("val"))
 
     def _check_cap(self, spec: BudgetSpec, cost: np.ndarray) -> None:
         """A cap below the cheapest available expert of some query is the caller's error."""
@@ -210,8 +216,7 @@ class Orchestrator:
                 failed.append(expert)
                 expert = self.fallbacks(routing, budget, set(failed))
                 continue
-            e = self.pool.experts[self.names.index(expert)]
-            spent = (done.prompt_tokens * e.input_price + done.completion_tokens * e.output_price) / 1e6
+            spent = self.pool.experts[self.names.index(expert)].usd(done.prompt_tokens, done.completion_tokens)
             return Response(done.text, expert, routing, done, spent, tuple(failed))
         raise NoExpert(f"every expert the budget {budgets.parse(budget).model_id} allows failed: {', '.join(failed)}")
 

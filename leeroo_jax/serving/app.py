@@ -127,7 +127,7 @@ class Service:
         if pool is None:
             return 0.0
         e = pool.experts[pool.index(expert)]
-        usd = (prompt_tokens * e.input_price + completion_tokens * e.output_price) / 1e6
+        usd = e.usd(prompt_tokens, completion_tokens)
         self.metrics.spend.labels(expert).inc(usd)
         return usd
 

@@ -116,9 +116,10 @@ class Scorer:
                 rows = self._padded(idx)
                 tokens, mask = sharding.shard_batch(table.pack(rows, length=t), self.mesh, len(rows))
                 qg = _embed(*self._model, tokens, mask)
-                pending.append((idx, qg, qg if self._pretrained is None else _embed(*self._pretrained, tokens, mask)))
+                pending.append((idx, qg, None if self._pretrained is None else _embed(*self._pretrained, tokens, mask)))
             for idx, qg, vg in pending:
-                q[idx], vec[idx] = sharding.gather(qg)[: len(idx)], sharding.gather(vg)[: len(idx)]
+                q[idx] = sharding.gather(qg)[: len(idx)]
+                vec[idx] = q[idx] if vg is None else sharding.gather(vg)[: len(idx)]  # frozen: the same vector
         voted = features.nearest_subject(vec, self._train_unit, self._train_subjects, SUBJECT_K, train_unit=True)
         subj = np.array([s or v for s, v in zip(subjects if subjects is not None else [None] * n, voted)], object)
         side = self._side(vec, subj)
