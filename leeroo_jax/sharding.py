@@ -198,9 +198,8 @@ def shard_global(batch: Any, mesh: Mesh) -> Any:
 
 def replicated(x: Any, mesh: Mesh) -> Any:
     """A host array (the same in every process) as a global array replicated on every device
-    of the mesh; one process: as is (jit places it)."""
-    if jax.process_count() == 1:
-        return x
+    of the mesh, placed once (a constant a jitted function reads on every call is not copied
+    to the devices each time)."""
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(NamedSharding(mesh, P()), np.asarray(a)), x)
 
 

@@ -5,13 +5,16 @@ whatever arrives, so every shape it can meet is compiled before the first reques
 
     texts --tokenize--> tokens [B, T]     B in batch_sizes, T a power of two <= max_length
           --embed (jit, per B x T)--> q [B, D]           the orchestrator's pooled query vector
-          --kNN over TRAIN (host)--> side [B, E, P]      and a subject for a query without one
+          --search TRAIN (jit)--> neighbours [B, K]      K = max(side_knn, SUBJECT_K), nearest first
+          --(host)--> side [B, E, P]                     and a subject for a query without one
           --head + calibration + select (jit, per B x budget mode)--> p [B, E], choice [B]
 
-A free-form query has no subject: it takes the one of its nearest TRAIN questions
-(features.nearest_subject), which feeds the subject prior like a labelled question's.
+A free-form query has no subject: its first SUBJECT_K neighbours vote one
+(features.vote_subject), which feeds the subject prior like a labelled question's.
 The kNN features use the *pretrained* backbone's vector, as in training (data.vecs); in
-frozen mode that is q itself, so one backbone pass serves both.
+frozen mode that is q itself, so one backbone pass serves both. The search runs on device
+behind the backbone, not in NumPy: the host's BLAS threads would otherwise spin against
+XLA's on the same cores (on 2 CPU cores that made a batch-1 request ~1.5x slower).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import functools
 from typing import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -37,6 +41,15 @@ SUBJECT_K = 20  # neighbours that vote a free-form query's subject
 def _embed(graphdef, state, tokens_bt, mask_bt):
     """Pooled query vectors [B, D] f32 of an Orchestrator model (its backbone, fine-tuned or not)."""
     return nnx.merge(graphdef, state).embed(tokens_bt, mask_bt)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _search(vec_bd, train_unit_td, k: int):
+    """(idx [B, k] int32, sims [B, k]): the k TRAIN rows nearest each vector by cosine, nearest
+    first (features.nearest on device)."""
+    unit = vec_bd / jnp.maximum(jnp.linalg.norm(vec_bd, axis=1, keepdims=True), 1e-12)
+    sims, idx = jax.lax.top_k(unit @ train_unit_td.T, k)
+    return idx, sims
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -72,8 +85,9 @@ class Scorer:
             pre = OrchestratorModel(model.head, load(assets.backbone_path(cfg.path), self.mesh).model, cfg.pooling)
             self._pretrained = nnx.split(pre)
         d, tr = run.data, run.data.rows("train")  # the kNN index: TRAIN questions and their records
-        self._train_unit = features.unit(d.vecs[tr])
+        self._train_unit = sharding.replicated(features.unit(d.vecs[tr]), self.mesh)  # [T, D] on device
         self._train_subjects, self._train_outcome, self._train_observed = d.subjects[tr], d.outcome[tr], d.observed[tr]
+        self._k = min(max([SUBJECT_K, *(int(k) for k in run.cfg.train.side_knn)]), len(tr))
 
     def _bucket(self, n: int) -> int:
         return next((b for b in self.batch_sizes if b >= n), self.batch_sizes[-1])
@@ -93,36 +107,38 @@ class Scorer:
         return [(idx[s:s + top], t) for t in self.lengths for idx in [np.flatnonzero(bucket == t)]
                 for s in range(0, len(idx), top)]
 
-    def _side(self, vecs: np.ndarray, subjects: np.ndarray) -> np.ndarray:
-        """[N, E, P] side features over the TRAIN records (trainer.side_features, with the TRAIN
-        arrays cut and normalised once at start-up rather than per request)."""
+    def _side(self, neighbours: np.ndarray, subjects: np.ndarray) -> np.ndarray:
+        """[N, E, P] side features over the TRAIN records (trainer.side_features, from the
+        neighbours [N, K] searched on device)."""
         cfg = self.run.cfg
-        return features.side_features(vecs, subjects, self._train_unit, self._train_subjects, self._train_outcome,
+        return features.side_features(None, subjects, None, self._train_subjects, self._train_outcome,
                                       self._train_observed, tuple(int(k) for k in cfg.train.side_knn),
-                                      bool(cfg.train.side_prior), float(cfg.eval.subject_strength), train_unit=True)
+                                      bool(cfg.train.side_prior), float(cfg.eval.subject_strength),
+                                      neighbours=neighbours)
 
     def p(self, texts: Sequence[str], subjects: Sequence[str | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(calibrated p [N, E], the subject [N] each text was scored under). A text's subject
         (None: voted by its TRAIN neighbours) picks its subject-prior feature.
 
-        The backbone runs per length group (all dispatched before any is read back); the host
-        kNN and the head then run once over the whole batch."""
+        The backbone and the search run per length group (all dispatched before any is read
+        back); the side features and the head then run once over the whole batch."""
         n = len(texts)
         table = self.bb.token_table(texts)
-        dim = self._train_unit.shape[1]
-        q, vec, pending = np.empty((n, dim), np.float32), np.empty((n, dim), np.float32), []
+        q = np.empty((n, self._train_unit.shape[1]), np.float32)
+        nn, sims, pending = np.empty((n, self._k), np.int64), np.empty((n, self._k), np.float32), []
         with jax.set_mesh(self.mesh):
             for idx, t in self._groups(table.lengths):
                 rows = self._padded(idx)
                 tokens, mask = sharding.shard_batch(table.pack(rows, length=t), self.mesh, len(rows))
                 qg = _embed(*self._model, tokens, mask)
-                pending.append((idx, qg, None if self._pretrained is None else _embed(*self._pretrained, tokens, mask)))
-            for idx, qg, vg in pending:
+                vg = qg if self._pretrained is None else _embed(*self._pretrained, tokens, mask)  # frozen: the same
+                pending.append((idx, qg, _search(vg, self._train_unit, self._k)))
+            for idx, qg, found in pending:
                 q[idx] = sharding.gather(qg)[: len(idx)]
-                vec[idx] = q[idx] if vg is None else sharding.gather(vg)[: len(idx)]  # frozen: the same vector
-        voted = features.nearest_subject(vec, self._train_unit, self._train_subjects, SUBJECT_K, train_unit=True)
+                nn[idx], sims[idx] = (sharding.gather(a)[: len(idx)] for a in found)
+        voted = features.vote_subject(nn[:, :SUBJECT_K], sims[:, :SUBJECT_K], self._train_subjects)
         subj = np.array([s or v for s, v in zip(subjects if subjects is not None else [None] * n, voted)], object)
-        side = self._side(vec, subj)
+        side = self._side(nn, subj)
         p = np.empty((n, len(self.run.data.pool)), np.float32)
         top = self.batch_sizes[-1]
         with jax.set_mesh(self.mesh):

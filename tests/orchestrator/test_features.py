@@ -44,3 +44,20 @@ def test_subject_prior_leaves_the_query_out():
         n = observed[rows].sum(0)
         h = (outcome[rows] * observed[rows]).sum(0)
         np.testing.assert_allclose(got[i], (h + 3.0 * glob) / (n + 3.0), rtol=1e-6)
+
+
+def test_nearest_breaks_ties_to_the_lower_index_as_lax_top_k_does():
+    """TRAIN holds exact duplicates (MMLU has repeated questions; a short max_length makes many
+    more): the search must pick among tied rows the way the server's device search does."""
+    import jax
+
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(10, 6))[rng.integers(0, 10, 200)]  # 200 rows, 10 distinct
+    queries = rng.normal(size=(30, 6))
+    idx, sims = features.nearest(queries, train, 25)
+    s = features.unit(queries) @ features.unit(train).T
+    for i in range(len(queries)):
+        assert list(idx[i]) == sorted(range(200), key=lambda j: (-s[i, j], j))[:25]
+    want_sims, want_idx = jax.lax.top_k(s, 25)
+    np.testing.assert_array_equal(idx, np.asarray(want_idx))
+    np.testing.assert_array_equal(sims, np.asarray(want_sims))

@@ -10,6 +10,7 @@ from configs.pools import MMLU_9
 from leeroo_jax import Orchestrator
 from leeroo_jax.data.pool import Pool, query_text
 from leeroo_jax.orchestrator import features
+from leeroo_jax.serving import scoring
 from leeroo_jax.serving.budgets import BadBudget
 
 GPT4, LLAMA3 = "gpt-4-1106-preview", "meta-llama/Meta-Llama-3-8B"
@@ -41,6 +42,19 @@ def test_a_free_form_query_takes_the_subject_of_its_nearest_train_questions(orch
     _, voted = orch.scorer.p([query_text(q) for q in questions])  # no subject given
     hits = np.mean([v == q.subject for v, q in zip(voted, questions)])
     assert hits >= 0.5, hits  # 57 subjects: chance is ~2%
+
+
+def test_the_device_search_is_an_exact_top_k_over_train(orch, test_questions):
+    """The server's search (on device, behind the backbone) against float64 NumPy: the k
+    similarities it returns are the k largest, nearest first, and belong to the rows it names."""
+    rows, _ = test_questions
+    d, sc = orch.run.data, orch.scorer
+    idx, sims = (np.asarray(a) for a in scoring._search(d.vecs[rows], sc._train_unit, sc._k))
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    brute = unit(d.vecs[rows].astype(np.float64)) @ unit(d.vecs[d.rows("train")].astype(np.float64)).T
+    assert idx.shape == (len(rows), max(20, *orch.run.cfg.train.side_knn))
+    np.testing.assert_allclose(sims, -np.sort(-brute, axis=1)[:, :sc._k], atol=1e-5)
+    np.testing.assert_allclose(sims, np.take_along_axis(brute, idx, 1), atol=1e-5)
 
 
 def test_nearest_subject_is_the_brute_force_vote():
