@@ -66,7 +66,7 @@ class Service:
             raise ValueError("an expert-mode server serves exactly one expert")
         self.orch, self.backends, self.settings, self.metrics = orch, backends, settings, Metrics()
         self.router = Batcher(self._route_batch, settings.max_batch, settings.max_wait_ms / 1000,
-                              on_batch=self.metrics.batch.observe)
+                              on_batch=self.metrics.scored)
 
     def _route_batch(self, items: list) -> list[Routing]:
         return self.orch.route([m for m, _ in items], [s for _, s in items])

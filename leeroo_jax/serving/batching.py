@@ -3,13 +3,15 @@
 The first request of a batch waits up to `max_wait_s` for others to join it (not at all once
 `max_batch` are queued); the batch then runs `fn(items)` on one worker thread, so device work
 runs one batch at a time and the event loop keeps accepting requests meanwhile. `fn` returns
-one result per item, or an Exception instance for an item that failed alone.
+one result per item, or an Exception instance for an item that failed alone. `on_batch(size,
+seconds)` hears of each batch once it ran: its size and the worker's time on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import time
 from typing import Any, Callable, Sequence
 
 
@@ -22,7 +24,7 @@ _STOP = object()
 
 class Batcher:
     def __init__(self, fn: Callable[[list], Sequence[Any]], max_batch: int, max_wait_s: float,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int, float], None] | None = None):
         if max_batch < 1 or max_wait_s < 0:
             raise ValueError(f"max_batch {max_batch} must be >= 1 and max_wait_s {max_wait_s} >= 0")
         self.fn, self.max_batch, self.max_wait_s, self.on_batch = fn, max_batch, max_wait_s, on_batch
@@ -70,12 +72,13 @@ class Batcher:
             batch, stop = await self._collect()
             if not batch:
                 continue
-            if self.on_batch:
-                self.on_batch(len(batch))
+            start = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._pool, self.fn, [item for item, _ in batch])
             except Exception as e:  # noqa: BLE001 - the whole batch failed: each request hears why
                 results = [e] * len(batch)
+            if self.on_batch:
+                self.on_batch(len(batch), time.perf_counter() - start)
             for (_, future), result in zip(batch, results):
                 if future.done():
                     continue

@@ -25,6 +25,13 @@ class Metrics:
                                   registry=r)
         self.batch = prom.Histogram("leeroo_route_batch_size", "queries per scoring batch", buckets=BATCH_BUCKETS,
                                     registry=r)
+        self.batch_seconds = prom.Histogram("leeroo_route_batch_seconds", "scoring time per batch (the worker's)",
+                                            buckets=LATENCY_BUCKETS, registry=r)
+
+    def scored(self, size: int, seconds: float) -> None:
+        """A scoring batch ran (Batcher.on_batch)."""
+        self.batch.observe(size)
+        self.batch_seconds.observe(seconds)
 
     def text(self) -> bytes:
         return prom.generate_latest(self.registry)

@@ -158,15 +158,16 @@ def test_concurrent_requests_share_a_scoring_batch(servers):
         codes = list(pool.map(lambda _: _post(servers, "/v1/route", {"model": "leeroo-cap-1e-5", "messages": CHAT})
                               .status_code, range(12)))
     assert codes == [200] * 12
-    n, total = (a - b for a, b in zip(_batches(servers), before))
+    n, total, timed, seconds = (a - b for a, b in zip(_batches(servers), before))
     assert total == 12 and n < 12  # every request scored once; some batches held several
+    assert timed == n and 0 < seconds < 60  # and each batch's scoring time was recorded
 
 
-def _batches(servers) -> tuple[float, float]:
+def _batches(servers) -> tuple[float, ...]:
+    """(batches, queries in them, batches timed, their scoring seconds) from /metrics."""
     text = httpx.get(servers["url"] + "/metrics", headers={"Authorization": f"Bearer {KEY}"}).text
-    count = float(re.search(r"leeroo_route_batch_size_count (\S+)", text).group(1))
-    total = float(re.search(r"leeroo_route_batch_size_sum (\S+)", text).group(1))
-    return count, total
+    return tuple(float(re.search(rf"leeroo_route_batch_{m} (\S+)", text).group(1))
+                 for m in ("size_count", "size_sum", "seconds_count", "seconds_sum"))
 
 
 def test_with_every_affordable_expert_down_the_answer_is_a_502(servers):
