@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import functools
 import os
-from typing import Mapping, Sequence
+from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -33,6 +33,28 @@ from leeroo_jax.serving.scoring import Scorer
 
 class NoExpert(RuntimeError):
     """Every expert the budget allows failed or is unavailable."""
+
+    def __init__(self, message: str, failed: Sequence[str] = ()):
+        super().__init__(message)
+        self.failed = tuple(failed)
+
+
+T = TypeVar("T")
+
+
+async def in_turn(pick: Callable[[list[str]], str | None], ask: Callable[[str], Awaitable[T]],
+                  on_failure: Callable[[str], None] = lambda expert: None) -> tuple[str, T, list[str]]:
+    """Ask the expert `pick([])` names; when it fails (BackendError), the one `pick(failed)`
+    names, and so on: (the expert that answered, its answer, those that failed before it).
+    NoExpert, carrying the failed ones, when `pick` names none."""
+    failed: list[str] = []
+    while (expert := pick(failed)) is not None:
+        try:
+            return expert, await ask(expert), failed
+        except BackendError:
+            failed.append(expert)
+            on_failure(expert)
+    raise NoExpert(f"no expert within the budget could answer (failed: {', '.join(failed) or 'none'})", failed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +207,11 @@ class Orchestrator:
                         dict(zip(self.names, map(float, cost[i]))), specs[i].model_id, str(subj[i]))
                 for i, c in enumerate(choice)]
 
-    def fallbacks(self, routing: Routing, budget: str | BudgetSpec, failed: set[str]) -> str | None:
-        """The expert the same budget picks with the failed ones removed (None: none left within it)."""
+    def pick(self, routing: Routing, budget: str | BudgetSpec, failed: Sequence[str]) -> str | None:
+        """The expert to ask after `failed` did not answer: the routed one first, then the one the
+        same budget picks with the failed ones removed (None: none left within it)."""
+        if not failed:
+            return routing.expert
         avail = self.available & np.array([n not in failed for n in self.names])
         if not avail.any():
             return None
@@ -207,18 +232,10 @@ class Orchestrator:
             raise NoExpert("no expert has a backend: pass backends= (live Flax experts or endpoints) to answer")
         routing = routing or self.route([query], budget)[0]
         messages = as_messages(query_text(query) if isinstance(query, mmlu.Question) else query)
-        failed: list[str] = []
-        expert: str | None = routing.expert
-        while expert is not None:
-            try:
-                done = await self.backends[expert].complete(messages, max_tokens)
-            except BackendError:
-                failed.append(expert)
-                expert = self.fallbacks(routing, budget, set(failed))
-                continue
-            spent = self.pool.experts[self.names.index(expert)].usd(done.prompt_tokens, done.completion_tokens)
-            return Response(done.text, expert, routing, done, spent, tuple(failed))
-        raise NoExpert(f"every expert the budget {budgets.parse(budget).model_id} allows failed: {', '.join(failed)}")
+        expert, done, failed = await in_turn(lambda failed: self.pick(routing, budget, failed),
+                                             lambda expert: self.backends[expert].complete(messages, max_tokens))
+        spent = self.pool.experts[self.names.index(expert)].usd(done.prompt_tokens, done.completion_tokens)
+        return Response(done.text, expert, routing, done, spent, tuple(failed))
 
     def get_response(self, query, budget: str | BudgetSpec, max_tokens: int = 256) -> Response:
         """`aget_response` from synchronous code (not from inside a running event loop)."""

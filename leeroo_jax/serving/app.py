@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from leeroo_jax.experts.chat import BackendError, BadMessages, as_messages
 from leeroo_jax.serving import budgets
-from leeroo_jax.serving.api import Orchestrator, Routing
+from leeroo_jax.serving.api import NoExpert, Orchestrator, Routing, in_turn
 from leeroo_jax.serving.backends import Backends
 from leeroo_jax.serving.batching import Batcher, ShuttingDown
 from leeroo_jax.serving.budgets import BadBudget
@@ -116,11 +116,18 @@ class Service:
         self.metrics.chosen.labels(routing.expert).inc()
         return routing
 
-    def next_expert(self, routing: Routing | None, spec, failed: list[str]) -> str | None:
-        if routing is None:  # expert mode: the one expert, once
-            name = next(iter(self.backends.by_expert))
-            return None if failed else name
-        return routing.expert if not failed else self.orch.fallbacks(routing, spec, set(failed))
+    async def answer(self, routing: Routing | None, spec, ask):
+        """(expert, answer, failed) of api.in_turn over the budget's experts (expert mode: the
+        one expert, once), counting failures; no expert left is a 502."""
+        def pick(failed: list[str]) -> str | None:
+            if routing is None:
+                return None if failed else next(iter(self.backends.by_expert))
+            return self.orch.pick(routing, spec, failed)
+
+        try:
+            return await in_turn(pick, ask, lambda expert: self.metrics.failures.labels(expert).inc())
+        except NoExpert as e:
+            raise ApiError(502, str(e), "upstream_unavailable", "server_error") from None
 
     def spent(self, expert: str, prompt_tokens: int, completion_tokens: int) -> float:
         pool = self.orch.pool if self.orch is not None else None
@@ -215,49 +222,31 @@ def create_app(service: Service) -> FastAPI:
         routing = await service.route(spec, messages)
         if stream:
             return await _stream(service, routing, spec, messages, max_tokens)
-        failed: list[str] = []
-        while (expert := service.next_expert(routing, spec, failed)) is not None:
-            try:
-                done = await service.backends.by_expert[expert].complete(messages, max_tokens)
-            except BackendError:
-                failed.append(expert)
-                service.metrics.failures.labels(expert).inc()
-                continue
-            service.metrics.answered.labels(expert).inc()
-            spent = service.spent(expert, done.prompt_tokens, done.completion_tokens)
-            return {"id": _completion_id(), "object": "chat.completion", "created": int(time.time()), "model": expert,
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
-                                 "finish_reason": done.finish_reason}],
-                    "usage": {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
-                              "total_tokens": done.prompt_tokens + done.completion_tokens},
-                    "leeroo": _extra(routing, expert, failed, spent)}
-        raise _no_expert(failed)
+        expert, done, failed = await service.answer(
+            routing, spec, lambda expert: service.backends.by_expert[expert].complete(messages, max_tokens))
+        service.metrics.answered.labels(expert).inc()
+        spent = service.spent(expert, done.prompt_tokens, done.completion_tokens)
+        return {"id": _completion_id(), "object": "chat.completion", "created": int(time.time()), "model": expert,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": done.text},
+                             "finish_reason": done.finish_reason}],
+                "usage": {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
+                          "total_tokens": done.prompt_tokens + done.completion_tokens},
+                "leeroo": _extra(routing, expert, failed, spent)}
 
     return app
-
-
-def _no_expert(failed: list[str]) -> ApiError:
-    return ApiError(502, f"no expert within the budget could answer (failed: {', '.join(failed) or 'none'})",
-                    "upstream_unavailable", "server_error")
 
 
 async def _stream(service: Service, routing, spec, messages, max_tokens) -> StreamingResponse:
     """Server-sent events: the first delta is awaited here, so an expert that fails before it
     is replaced by the next one (and none left is a 502, not a broken stream)."""
-    failed: list[str] = []
-    while (expert := service.next_expert(routing, spec, failed)) is not None:
+    async def opened(expert: str):
         deltas = service.backends.by_expert[expert].stream(messages, max_tokens).__aiter__()
         try:
-            first = await deltas.__anext__()
-            break
+            return await deltas.__anext__(), deltas
         except StopAsyncIteration:
-            first = ""
-            break
-        except BackendError:
-            failed.append(expert)
-            service.metrics.failures.labels(expert).inc()
-    else:
-        raise _no_expert(failed)
+            return "", deltas
+
+    expert, (first, deltas), failed = await service.answer(routing, spec, opened)
     cid, created = _completion_id(), int(time.time())
 
     def event(delta: dict, finish: str | None = None, **extra) -> str:

@@ -185,3 +185,26 @@ def test_get_response_asks_the_chosen_expert_and_falls_back_when_it_fails(orch, 
         price = next(e for e in MMLU_9 if e["name"] == r.expert)
         want = (r.completion.prompt_tokens * price["input_price"] + r.completion.completion_tokens * price["output_price"]) / 1e6
         assert r.cost_usd == pytest.approx(want, rel=1e-12)
+
+
+def test_in_turn_asks_each_pick_until_one_answers_and_names_the_failed():
+    import asyncio
+
+    from leeroo_jax.experts.chat import BackendError
+    from leeroo_jax.serving.api import NoExpert, in_turn
+
+    order, down = ["a", "b", "c"], {"a", "b"}
+    pick = lambda failed: next((e for e in order if e not in failed), None)  # noqa: E731
+    failures = []
+
+    async def ask(expert):
+        if expert in down:
+            raise BackendError(f"{expert} is down")
+        return expert.upper()
+
+    assert asyncio.run(in_turn(pick, ask, failures.append)) == ("c", "C", ["a", "b"])
+    assert failures == ["a", "b"]
+    down.add("c")
+    with pytest.raises(NoExpert) as e:
+        asyncio.run(in_turn(pick, ask))
+    assert e.value.failed == ("a", "b", "c") and "failed: a, b, c" in str(e.value)
