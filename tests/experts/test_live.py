@@ -60,9 +60,21 @@ def _collect(live: LiveExpert, qs):
     return ids, logp, probs, choice
 
 
-def _torch_letter_logp(torch_model, ids, letter_ids):
+def _torch_letter_logp(torch_model, ids, letter_ids, batch: int = 16):
+    """transformers' next-token log-probs of the letters after each prompt: prompts of similar
+    length run together, right-padded (causal: the padding after a prompt never reaches it)."""
+    out = np.empty((len(ids), len(letter_ids)), np.float32)
+    order = np.argsort([len(x) for x in ids], kind="stable")
     with torch.no_grad():
-        return np.stack([torch_model(torch.tensor([x])).logits[0, -1].log_softmax(-1)[letter_ids].numpy() for x in ids])
+        for s in range(0, len(ids), batch):
+            rows = order[s:s + batch]
+            width = max(len(ids[r]) for r in rows)
+            tokens = torch.tensor([list(ids[r]) + [0] * (width - len(ids[r])) for r in rows])
+            mask = torch.tensor([[1] * len(ids[r]) + [0] * (width - len(ids[r])) for r in rows])
+            logits = torch_model(tokens, attention_mask=mask).logits  # [b, width, V]
+            last = torch.tensor([len(ids[r]) - 1 for r in rows])
+            out[rows] = logits[torch.arange(len(rows)), last].log_softmax(-1)[:, letter_ids].numpy()
+    return out
 
 
 def test_zero_shot_letter_logprobs_match_transformers_on_200_real_questions(smol, bank, questions):
