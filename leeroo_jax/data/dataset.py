@@ -86,8 +86,14 @@ def open_records(cfg, records_dir: pathlib.Path, questions, pool: Pool, cost: np
     The store and the pool must agree: every recorded expert of the pool needs its records
     there (else the store was written for another pool); a live expert the store has never
     seen joins its vocabulary with no records yet, and the scoring job fills them in.
+    Every process of a job calls it: process 0 imports, the others then open what it wrote.
     """
-    records_dir = pathlib.Path(records_dir)
+    return distributed.main_first("records", lambda: _open_records(cfg, pathlib.Path(records_dir), questions, pool,
+                                                                    cost))
+
+
+def _open_records(cfg, records_dir: pathlib.Path, questions, pool: Pool, cost: np.ndarray | None
+                  ) -> records.RecordStore:
     if not (records_dir / "manifest.json").exists():
         _import(records_dir, cfg.data.outcomes, questions, pool, pool.costs(questions) if cost is None else cost,
                 cfg.data.extra_experts == "skip")
@@ -149,7 +155,7 @@ def load(cfg, records_dir: str | os.PathLike, embed: Callable[[Sequence[str]], n
     questions = questions + [q for q in extra_questions if q.id not in have]
     pool = Pool.from_config(cfg.pool)
     cost = pool.costs(questions)
-    store = distributed.main_first("records", lambda: open_records(cfg, records_dir, questions, pool, cost))
+    store = open_records(cfg, records_dir, questions, pool, cost)
     dense = store.dense([q.id for q in questions], list(pool.names))
     observed = dense.observed
     if cfg.data.probes:  # experts added from a few probes: only those outcomes are known (splits unchanged)

@@ -57,8 +57,7 @@ def run(cfg) -> dict:
     targets = select_questions(cfg, questions)
     bank = by_subject(questions)
     _check_exemplars(live, targets, bank)
-    # process 0 imports the outcomes on first use; the others open the store it wrote
-    store = distributed.main_first("records", lambda: open_records(cfg, common.records_dir(cfg), questions, pool))
+    store = open_records(cfg, common.records_dir(cfg), questions, pool)
     mesh = make_mesh(cfg)
     main = distributed.is_main_process()
 
